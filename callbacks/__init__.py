@@ -1,0 +1,1 @@
+"""Training callbacks shipped as ``lit_unitscale.callbacks``."""

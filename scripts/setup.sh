@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One-time (idempotent) set-up: a virtual environment in .venv with torch, the project and its
+# dev/deepspeed extras. Safe to rerun; it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+# torch first and pinned: on a machine without a GPU this is the CPU build; a looser spec
+# pulled in by another package could fetch a multi-GB CUDA build.
+if ! python -c "import torch" 2>/dev/null; then
+  python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}" 2>&1 | grep -v '^WARNING: Location' || true
+fi
+python -m pip install -q -e ".[dev,deepspeed]" 2>&1 | grep -v -e '^WARNING: Location' -e 'BuildBackendWarning' || true
+python -c "import lit_unitscale, lightning, torch; print('lit_unitscale ready: torch', torch.__version__, 'lightning', lightning.__version__)"
