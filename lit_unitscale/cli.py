@@ -6,7 +6,14 @@ import importlib
 import sys
 
 # Tool subcommands: name -> (module with `main(argv) -> int`, one-line help).
-TOOLS: dict[str, tuple[str, str]] = {}
+TOOLS: dict[str, tuple[str, str]] = {
+    "slurm": ("lit_unitscale.tools.slurm", "render or submit an sbatch job from a recipe"),
+    "scales": ("lit_unitscale.tools.scales", "offline scale dashboard from a run's scales.jsonl"),
+    "coord-check": ("lit_unitscale.tools.coord_check", "activation RMS vs width, umup beside sp"),
+    "sweep": ("lit_unitscale.tools.sweep", "learning-rate x width grid and scaling-law fit"),
+    "export": ("lit_unitscale.tools.export", "checkpoint -> model.safetensors + config.json"),
+    "dashboard": ("lit_unitscale.tools.dashboard", "push the W&B scale workspace"),
+}
 
 
 def main(argv: list[str] | None = None) -> None:
