@@ -1,3 +1,3 @@
-"""lit_unitscale: unit-scaled (u-μP) Transformers trained with PyTorch Lightning from YAML recipes."""
+"""lit_unitscale: unit-scaled (u-μP) Transformers trained with Lightning from YAML recipes."""
 
 __version__ = "0.1.0"

@@ -1,0 +1,395 @@
+"""Unit-scaled functional ops (the ``umup`` parametrization).
+
+Each op multiplies its output by a forward scale and each input's gradient by a backward scale
+chosen so that, for unit-RMS inputs at initialisation, outputs and gradients have RMS ≈ 1.
+Names and arguments mirror ``torch.nn.functional`` and Graphcore's ``unit_scaling.functional``.
+Where our numbers deliberately differ from that library: ``cross_entropy`` averages over the
+non-ignored rows (as torch does), and weight-gradient scales count the global batch (see
+:mod:`lit_unitscale.unit.global_batch`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lit_unitscale.unit import fp8
+from lit_unitscale.unit.constraints import Constraint, apply_constraint
+from lit_unitscale.unit.global_batch import weight_grad_scale
+from lit_unitscale.unit.scale import log_interpolate, scale, scale_bwd, scale_fwd
+
+__all__ = [
+    "scale_fwd",
+    "scale_bwd",
+    "gelu",
+    "silu",
+    "silu_glu",
+    "softmax",
+    "dropout",
+    "matmul",
+    "linear",
+    "linear_readout",
+    "layer_norm",
+    "rms_norm",
+    "embedding",
+    "residual_split",
+    "residual_add",
+    "residual_tau",
+    "scaled_dot_product_attention",
+    "cross_entropy",
+]
+
+
+def _elementwise(
+    fn: Callable[[Tensor], Tensor],
+    input: Tensor,
+    output_scale: float,
+    grad_scale: float,
+    constraint: Constraint,
+) -> Tensor:
+    output_scale, grad_scale = apply_constraint(constraint, output_scale, grad_scale)
+    return scale_fwd(fn(scale_bwd(input, grad_scale)), output_scale)
+
+
+def _mult_alpha(mult: float, k: float) -> float:
+    # sigmoid(log(k * mult**2)): how far a nonlinearity is from its linear (small mult) limit
+    return 1 / (1 + 1 / (k * mult**2))
+
+
+def gelu(
+    input: Tensor,
+    mult: float = 1.0,
+    constraint: Constraint = "to_output_scale",
+    approximate: str = "none",
+) -> Tensor:
+    """Unit-scaled GELU, ``gelu(x * mult) / mult``.
+
+    Args:
+        input: input tensor.
+        mult: input multiplier (a u-μP hyperparameter), sharpening the nonlinearity.
+        constraint: scale constraint between output and input gradient.
+        approximate: ``"none"`` or ``"tanh"``, as in torch.
+    """
+    alpha = _mult_alpha(mult, 4.0)
+    out_scale = log_interpolate(alpha, 2.0, (2 / (1 - 1 / math.pi)) ** 0.5)
+    grad_scale = log_interpolate(alpha, 2.0, 2**0.5)
+
+    def fn(x: Tensor) -> Tensor:
+        if mult == 1:
+            return F.gelu(x, approximate=approximate)
+        return F.gelu(x * mult, approximate=approximate) / mult
+
+    return _elementwise(fn, input, out_scale, grad_scale, constraint)
+
+
+def silu(input: Tensor, mult: float = 1.0, constraint: Constraint = "to_output_scale") -> Tensor:
+    """Unit-scaled SiLU, ``x * sigmoid(x * mult)``.
+
+    Args:
+        input: input tensor.
+        mult: multiplier inside the sigmoid.
+        constraint: scale constraint between output and input gradient.
+    """
+    out_scale = log_interpolate(_mult_alpha(mult, 4.0), 2.0, (2 / (1 - 1 / math.pi)) ** 0.5)
+    grad_scale = log_interpolate(_mult_alpha(mult, 1.0), 2.0, 2**0.5)
+    return _elementwise(
+        lambda x: x * torch.sigmoid(x * mult), input, out_scale, grad_scale, constraint
+    )
+
+
+def silu_glu(input: Tensor, gate: Tensor, mult: float = 1.0) -> Tensor:
+    """Unit-scaled gated linear unit ``input * silu(gate)`` (SwiGLU's core).
+
+    Args:
+        input: the linear branch.
+        gate: the gate branch, passed through SiLU.
+        mult: multiplier inside the sigmoid.
+    """
+    s = log_interpolate(_mult_alpha(mult, 1.0), 2.0, 2**0.5)
+    input, gate = scale_bwd(input, s), scale_bwd(gate, s)
+    return scale_fwd(input * gate * torch.sigmoid(gate * mult), s)
+
+
+def softmax(
+    input: Tensor,
+    dim: int,
+    dtype: torch.dtype | None = None,
+    constraint: Constraint = "to_output_scale",
+    mult: float = 1.0,
+) -> Tensor:
+    """Unit-scaled softmax of ``input * mult`` along ``dim``.
+
+    Args:
+        input: input tensor.
+        dim: dimension to normalise.
+        dtype: optional compute dtype, as in torch.
+        constraint: scale constraint between output and input gradient.
+        mult: temperature multiplier.
+    """
+    n = input.shape[dim]
+    alpha = _mult_alpha(mult, 0.25)
+    out_scale = log_interpolate(alpha, n, n**0.5)
+    grad_scale = log_interpolate(alpha, n / mult, (n / mult) ** 0.5)
+    return _elementwise(
+        lambda x: F.softmax(x * mult, dim=dim, dtype=dtype),
+        input,
+        out_scale,
+        grad_scale,
+        constraint,
+    )
+
+
+def dropout(input: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
+    """Dropout rescaled so that the output keeps unit RMS (torch's 1/(1-p) is undone by √(1-p)).
+
+    Args:
+        input: input tensor.
+        p: drop probability.
+        training: apply dropout (identity when False).
+    """
+    if not training or p == 0.0:
+        return input
+    s = (1 - p) ** 0.5
+    return scale(F.dropout(scale_bwd(input, s), p, training), fwd=s)
+
+
+def matmul(left: Tensor, right: Tensor, constraint: Constraint = "to_output_scale") -> Tensor:
+    """Unit-scaled matrix product ``left @ right``.
+
+    Args:
+        left: ``(..., m, k)`` tensor.
+        right: ``(..., k, n)`` tensor.
+        constraint: scale constraint among output and both input gradients.
+    """
+    m, k, n = left.shape[-2], left.shape[-1], right.shape[-1]
+    out_s, left_s, right_s = apply_constraint(constraint, k**-0.5, n**-0.5, m**-0.5)
+    left, right = fp8.matmul_inputs(scale_bwd(left, left_s), scale_bwd(right, right_s))
+    return scale_fwd(fp8.matmul_output(torch.matmul(left, right)), out_s)
+
+
+def linear(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    constraint: Constraint = "to_output_scale",
+    scale_power: tuple[float, float, float] = (0.5, 0.5, 0.5),
+) -> Tensor:
+    """Unit-scaled ``input @ weight.T + bias``.
+
+    Args:
+        input: ``(..., fan_in)`` tensor.
+        weight: ``(fan_out, fan_in)`` weight.
+        bias: optional ``(fan_out,)`` bias.
+        constraint: scale constraint between output and input gradient.
+        scale_power: powers for the (output, input-grad, weight-grad) scales.
+    """
+    fan_out, fan_in = weight.shape
+    tokens = input.numel() // fan_in
+    out_s, in_s = apply_constraint(
+        constraint, fan_in ** -scale_power[0], fan_out ** -scale_power[1]
+    )
+    w_s = weight_grad_scale(tokens) ** (scale_power[2] / 0.5)
+    input, weight = fp8.matmul_inputs(scale_bwd(input, in_s), scale_bwd(weight, w_s))
+    bias = scale_bwd(bias, w_s) if bias is not None else None
+    return scale_fwd(fp8.matmul_output(F.linear(input, weight, bias)), out_s)
+
+
+def linear_readout(
+    input: Tensor, weight: Tensor, bias: Tensor | None, constraint: Constraint = None
+) -> Tensor:
+    """Unit-scaled output projection: forward scale ``1/fan_in`` (u-μP's readout rule).
+
+    Args:
+        input: ``(..., fan_in)`` tensor.
+        weight: ``(fan_out, fan_in)`` weight.
+        bias: optional bias.
+        constraint: scale constraint; None keeps the backward unit-scaled.
+    """
+    return linear(input, weight, bias, constraint=constraint, scale_power=(1.0, 0.5, 0.5))
+
+
+def layer_norm(
+    input: Tensor,
+    normalized_shape: Sequence[int],
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Layer norm with unit-scaled weight and bias gradients.
+
+    Args:
+        input: input tensor.
+        normalized_shape: trailing dimensions to normalise.
+        weight: optional elementwise gain.
+        bias: optional elementwise bias.
+        eps: added to the variance.
+    """
+    s = weight_grad_scale(input.numel() // math.prod(normalized_shape))
+    weight = scale_bwd(weight, s) if weight is not None else None
+    bias = scale_bwd(bias, s) if bias is not None else None
+    return F.layer_norm(input, tuple(normalized_shape), weight, bias, eps)
+
+
+def rms_norm(
+    input: Tensor,
+    normalized_shape: Sequence[int],
+    weight: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    """RMS norm with a unit-scaled weight gradient.
+
+    Args:
+        input: input tensor.
+        normalized_shape: trailing dimensions to normalise.
+        weight: optional elementwise gain.
+        eps: added to the mean square.
+    """
+    dims = tuple(range(-len(normalized_shape), 0))
+    ms = input.float().pow(2).mean(dims, keepdim=True)
+    out = input / (ms + eps).sqrt().to(input.dtype)
+    if weight is not None:
+        out = out * scale_bwd(
+            weight, weight_grad_scale(input.numel() // math.prod(normalized_shape))
+        )
+    return out
+
+
+def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None) -> Tensor:
+    """Embedding lookup with a unit-scaled weight gradient.
+
+    Args:
+        input: integer indices.
+        weight: ``(num_embeddings, dim)`` table.
+        padding_idx: index whose row gets no gradient.
+    """
+    s = weight.shape[0] ** 0.5 * weight_grad_scale(input.numel())
+    return F.embedding(input, scale_bwd(weight, s), padding_idx)
+
+
+def residual_split(input: Tensor, tau: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Split the stream into (residual-branch input, skip) with gradient weights for ``tau``.
+
+    Args:
+        input: the residual stream.
+        tau: relative weight of the residual branch over the skip path.
+    """
+    denom = (1 + tau**2) ** 0.5
+    return scale_bwd(input, tau / denom), scale_bwd(input, 1 / denom)
+
+
+def residual_add(residual: Tensor, skip: Tensor, tau: float = 1.0) -> Tensor:
+    """Merge a residual branch and its skip so the sum keeps unit scale.
+
+    Args:
+        residual: output of the residual branch.
+        skip: the skip path from :func:`residual_split`.
+        tau: relative weight of the residual branch over the skip path.
+    """
+    denom = (1 + tau**2) ** 0.5
+    return scale_fwd(residual, tau / denom) + scale_fwd(skip, 1 / denom)
+
+
+def residual_tau(
+    index: int, n_branches: int, residual_mult: float = 1.0, residual_attn_ratio: float = 1.0
+) -> float:
+    """u-μP depth rule: τ for residual branch ``index`` of ``n_branches`` (attn, mlp alternating).
+
+    Every attention branch contributes equally, every MLP branch equally, all branches together
+    ``residual_mult`` times the embedding, and attention ``residual_attn_ratio`` times MLP.
+
+    Args:
+        index: branch position, 0-based; even = attention, odd = MLP.
+        n_branches: total number of residual branches (2 × layers).
+        residual_mult: contribution of all residual branches relative to the embedding.
+        residual_attn_ratio: contribution of attention branches relative to MLP branches.
+    """
+    alpha_mlp = residual_mult * (2 / (1 + residual_attn_ratio**2)) ** 0.5
+    alpha_attn = residual_attn_ratio * alpha_mlp
+    n_attn, n_mlp = (index + 1) // 2, index // 2
+    alpha = alpha_attn if index % 2 == 0 else alpha_mlp
+    return alpha / (n_branches / 2 + n_attn * alpha_attn**2 + n_mlp * alpha_mlp**2) ** 0.5
+
+
+def scaled_dot_product_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    mult: float = 1.0,
+) -> Tensor:
+    """Unit-scaled attention: logits scaled by ``mult / d_head`` (u-μP), output at unit RMS.
+
+    Works for self, causal and cross attention (query and key lengths may differ) and with a
+    boolean (True = attend) or additive float ``attn_mask`` (padding masks, position biases).
+    Grouped-query attention: ``key``/``value`` may have fewer heads than ``query``.
+
+    Args:
+        query: ``(batch, heads, q_len, d_head)``.
+        key: ``(batch, kv_heads, k_len, d_head)``.
+        value: ``(batch, kv_heads, k_len, d_head)``.
+        attn_mask: optional mask broadcastable to ``(batch, heads, q_len, k_len)``.
+        dropout_p: attention-probability dropout.
+        is_causal: causal masking (applies the causal scale rule).
+        mult: attention-logit multiplier (a u-μP hyperparameter).
+    """
+    *_, k_len, d_head = value.shape
+    s = (1 - dropout_p) ** 0.5 / log_interpolate(
+        1 / (1 + 4 * d_head / mult**2),
+        ((math.log(k_len) if is_causal else 1) / k_len) ** 0.5,
+        1.0,
+    )
+    query, key, value = fp8.matmul_inputs(*(scale_bwd(t, s) for t in (query, key, value)))
+    out = F.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=attn_mask,
+        dropout_p=dropout_p,
+        is_causal=is_causal,
+        scale=mult / d_head,
+        enable_gqa=key.shape[-3] != query.shape[-3],
+    )
+    return scale_fwd(fp8.matmul_output(out), s)
+
+
+def cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    mult: float = 1.0,
+) -> Tensor:
+    """Cross entropy whose logit gradient has unit scale whatever the batch size.
+
+    The loss value equals torch's (``mean`` divides by the number of non-ignored targets);
+    only the gradient is rescaled.
+
+    Args:
+        input: ``(rows, classes)`` logits.
+        target: ``(rows,)`` class indices.
+        ignore_index: target value that contributes neither loss nor gradient.
+        reduction: ``"mean"`` or ``"sum"``.
+        label_smoothing: as in torch.
+        mult: logit multiplier (u-μP's loss-softmax temperature).
+    """
+    if input.dim() != 2:
+        raise ValueError(f"cross_entropy expects (rows, classes) logits, got {tuple(input.shape)}")
+    vocab = input.shape[1]
+    input = scale_fwd(scale_bwd(input, vocab / (vocab - 1) ** 0.5), mult)
+    loss = F.cross_entropy(
+        input, target, ignore_index=ignore_index, reduction="sum", label_smoothing=label_smoothing
+    )
+    if reduction == "sum":
+        return loss
+    if reduction != "mean":
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    count = (target != ignore_index).sum().clamp_min(1)
+    # Divide the value only: the gradient keeps its unit scale.
+    return loss - (loss - loss / count).detach()

@@ -1,0 +1,65 @@
+"""Scale primitives: multiply a tensor by one factor going forward and another going backward."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+class _Scale(torch.autograd.Function):
+    """Forward ``x * fwd``, backward ``grad * bwd``; both Python floats (compile-time constants)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, fwd: float, bwd: float) -> Tensor:  # type: ignore[override]
+        ctx.bwd = bwd
+        return x * fwd if fwd != 1.0 else x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        return (grad * ctx.bwd if ctx.bwd != 1.0 else grad), None, None
+
+
+def scale(x: Tensor, fwd: float = 1.0, bwd: float = 1.0) -> Tensor:
+    """Scale ``x`` by ``fwd`` in the forward pass and its gradient by ``bwd`` in the backward pass.
+
+    Args:
+        x: the tensor to scale.
+        fwd: factor applied to the value.
+        bwd: factor applied to the gradient flowing back into ``x``.
+    """
+    if fwd == 1.0 and bwd == 1.0:
+        return x
+    return _Scale.apply(x, float(fwd), float(bwd))
+
+
+def scale_fwd(x: Tensor, scale_: float) -> Tensor:
+    """Scale the value only; the gradient passes through unchanged.
+
+    Args:
+        x: the tensor to scale.
+        scale_: factor applied to the value.
+    """
+    return scale(x, fwd=scale_)
+
+
+def scale_bwd(x: Tensor, scale_: float) -> Tensor:
+    """Scale the gradient only; the value passes through unchanged.
+
+    Args:
+        x: the tensor whose gradient is scaled.
+        scale_: factor applied to the gradient.
+    """
+    return scale(x, bwd=scale_)
+
+
+def log_interpolate(alpha: float, lower: float, upper: float) -> float:
+    """Geometric interpolation: ``lower`` at alpha=0, ``upper`` at alpha=1.
+
+    Args:
+        alpha: interpolation weight in [0, 1].
+        lower: value at alpha=0 (> 0).
+        upper: value at alpha=1 (> 0).
+    """
+    return math.exp(alpha * math.log(upper) + (1 - alpha) * math.log(lower))
