@@ -1,0 +1,447 @@
+"""Render or submit an sbatch job that trains a recipe: ``python -m lit_unitscale slurm ...``.
+
+    python -m lit_unitscale slurm submit --config recipes/decoder/ptb-small.yaml \\
+        --nodes 4 --gpus-per-node 8 --partition gpu --time 12:00:00 -- --trainer.max_steps 20000
+    python -m lit_unitscale slurm render --config recipe.yaml --nodes 2 --gpus-per-node 1
+
+The job script comes from ``slurm/train.sbatch``. The recipe's ``trainer.num_nodes`` and
+``trainer.devices`` are checked against ``--nodes`` and ``--gpus-per-node`` before anything is
+submitted: a job whose SLURM layout differs from the Trainer's hangs or fails at start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "slurm" / "train.sbatch"
+EXIT_USAGE = 2
+
+
+class SlurmError(Exception):
+    """A problem the user can fix; printed as one line, never as a traceback."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        """Args:
+        message: the one-line explanation printed to stderr.
+        exit_code: the process exit status (2 for a recipe/option mismatch).
+        """
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class JobSpec:
+    """Everything the sbatch template needs, after validation."""
+
+    configs: list[str]
+    """Recipe YAML files passed to ``fit --config``, in order."""
+    nodes: int
+    """Number of nodes (= ``trainer.num_nodes``)."""
+    tasks_per_node: int
+    """Tasks per node, one per device (= ``trainer.devices``)."""
+    accelerator: str
+    """``gpu`` or ``cpu``; ``--gpus-per-node`` is only requested for ``gpu``."""
+    cpus_per_task: int
+    """CPU cores per task (data loading workers, CPU ops)."""
+    time: str
+    """Wall-clock limit in SLURM's format, e.g. ``12:00:00`` or ``1-00:00:00``."""
+    job_name: str
+    """SLURM job name; also names the log files and the W&B run id prefix."""
+    output_dir: Path
+    """Directory for the rendered script and the job's stdout/stderr logs."""
+    workdir: Path
+    """Directory the job runs in; relative recipe paths are relative to it."""
+    root_dir: Path
+    """The Trainer's ``default_root_dir``, where Lightning writes its hpc checkpoints."""
+    partition: str | None = None
+    """SLURM partition; the cluster's default when None."""
+    account: str | None = None
+    """SLURM account to charge; the user's default when None."""
+    master_addr: str | None = None
+    """Rendezvous address; the first node of the allocation when None."""
+    venv: Path | None = None
+    """Virtual environment activated in the job; none when None."""
+    extra_args: list[str] = field(default_factory=list)
+    """Further arguments for ``fit``, appended after the topology arguments."""
+
+
+def load_recipe(paths: list[str]) -> DictConfig:
+    """Merge the recipe files in order, as ``fit --config a --config b`` does.
+
+    Args:
+        paths: YAML files, later ones overriding earlier ones.
+    """
+    merged = OmegaConf.create({})
+    for path in paths:
+        if not Path(path).is_file():
+            raise SlurmError(f"recipe not found: {path}")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        except (OmegaConfBaseException, OSError, ValueError) as error:
+            first_line = str(error).strip().splitlines()[0]
+            raise SlurmError(f"cannot read recipe {path}: {first_line}") from None
+    if not isinstance(merged, DictConfig):
+        raise SlurmError(f"recipe is not a mapping: {' + '.join(paths)}")
+    return merged
+
+
+def recipe_value(paths: list[str], merged: DictConfig, key: str) -> tuple[Any, str | None]:
+    """The value of ``key`` after merging and the last file that sets it (None: unset).
+
+    Args:
+        paths: the recipe files, in merge order.
+        merged: the merged recipe.
+        key: a dotted key such as ``trainer.devices``.
+    """
+    source = None
+    for path in paths:
+        node: Any = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            source = path
+    if source is None:
+        return None, None
+    try:
+        value = OmegaConf.select(merged, key, throw_on_resolution_failure=True)
+    except OmegaConfBaseException as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise SlurmError(f"{source}: cannot resolve {key}: {first_line}") from None
+    return value, source
+
+
+def check_topology(
+    paths: list[str], merged: DictConfig, nodes: int, devices: int, accelerator: str
+) -> None:
+    """Refuse a recipe whose Trainer layout disagrees with the SLURM request.
+
+    Args:
+        paths: the recipe files, in merge order (named in the error).
+        merged: the merged recipe.
+        nodes: ``--nodes``.
+        devices: ``--gpus-per-node`` (tasks per node).
+        accelerator: ``--accelerator``.
+    """
+    num_nodes, source = recipe_value(paths, merged, "trainer.num_nodes")
+    if source is not None and _as_int(num_nodes) != nodes:
+        raise SlurmError(
+            f"{source} sets trainer.num_nodes: {num_nodes} but --nodes is {nodes}; "
+            "make them agree or remove the key from the recipe",
+            EXIT_USAGE,
+        )
+    recipe_devices, source = recipe_value(paths, merged, "trainer.devices")
+    if source is not None:
+        count = _as_int(recipe_devices)
+        if count is None or count < 1:
+            raise SlurmError(
+                f"{source} sets trainer.devices: {_show(recipe_devices)}, which SLURM cannot "
+                f"match: each node runs --gpus-per-node={devices} tasks, one per device; "
+                f"set trainer.devices: {devices} or remove the key from the recipe",
+                EXIT_USAGE,
+            )
+        if count != devices:
+            raise SlurmError(
+                f"{source} sets trainer.devices: {recipe_devices} but --gpus-per-node is "
+                f"{devices}; make them agree or remove the key from the recipe",
+                EXIT_USAGE,
+            )
+    recipe_accelerator, source = recipe_value(paths, merged, "trainer.accelerator")
+    if source is not None and recipe_accelerator not in ("auto", accelerator):
+        raise SlurmError(
+            f"{source} sets trainer.accelerator: {recipe_accelerator} but --accelerator is "
+            f"{accelerator}; make them agree or remove the key from the recipe",
+            EXIT_USAGE,
+        )
+
+
+def _as_int(value: Any) -> int | None:
+    """``value`` as a positive or negative count, or None for ``auto``, lists and the like.
+
+    Args:
+        value: a Trainer ``devices`` or ``num_nodes`` value from YAML.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+        return int(value)
+    return None
+
+
+def _show(value: Any) -> str:
+    """A recipe value as the user wrote it in YAML (lists stay lists).
+
+    Args:
+        value: the value to show.
+    """
+    if OmegaConf.is_config(value):
+        return str(OmegaConf.to_container(value))
+    return str(value)
+
+
+def render(spec: JobSpec, template_path: Path = DEFAULT_TEMPLATE) -> str:
+    """The sbatch script for ``spec``.
+
+    Args:
+        spec: the validated job.
+        template_path: the ``string.Template`` file to fill in.
+    """
+    if not template_path.is_file():
+        raise SlurmError(f"sbatch template not found: {template_path}")
+    q = shlex.quote
+    optional = []
+    if spec.accelerator == "gpu":
+        optional.append(f"#SBATCH --gpus-per-node={spec.tasks_per_node}")
+    if spec.partition:
+        optional.append(f"#SBATCH --partition={spec.partition}")
+    if spec.account:
+        optional.append(f"#SBATCH --account={spec.account}")
+    if spec.venv is not None:
+        venv_activate = f". {q(str(spec.venv / 'bin' / 'activate'))}"
+    else:
+        venv_activate = "# No virtual environment: `python` is the first one on the node's PATH."
+    fit_args = [f"--config {q(path)}" for path in spec.configs]
+    fit_args.append(
+        f"--trainer.num_nodes {spec.nodes} --trainer.devices {spec.tasks_per_node} "
+        f"--trainer.accelerator {spec.accelerator}"
+    )
+    if spec.extra_args:
+        fit_args.append(shlex.join(spec.extra_args))
+    values = {
+        "job_name": spec.job_name,
+        "nodes": spec.nodes,
+        "tasks_per_node": spec.tasks_per_node,
+        "cpus_per_task": spec.cpus_per_task,
+        "time": spec.time,
+        "workdir": spec.workdir,
+        "output_dir": spec.output_dir,
+        "optional_directives": "\n".join(optional),
+        "venv_activate": venv_activate,
+        "master_addr": q(spec.master_addr or ""),
+        "wandb_prefix": re.sub(r"[^A-Za-z0-9_-]", "-", spec.job_name),
+        "hpc_ckpt_glob": q(f"{spec.root_dir}/hpc_ckpt_*.ckpt"),
+        "fit_args": " \\\n  ".join(fit_args),
+    }
+    try:
+        return Template(template_path.read_text()).substitute(values)
+    except (KeyError, ValueError) as error:
+        raise SlurmError(f"{template_path}: bad placeholder {error}") from None
+
+
+def submit(script: Path) -> str:
+    """Run ``sbatch`` on ``script`` and return the job id.
+
+    Args:
+        script: the rendered job script.
+    """
+    if shutil.which("sbatch") is None:
+        raise SlurmError(
+            "sbatch not found on PATH: run this on a SLURM login node "
+            "(or start slurm/local-cluster.sh and export SLURM_CONF)"
+        )
+    result = subprocess.run(
+        ["sbatch", "--parsable", str(script)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        message = " ".join(result.stderr.split()) or f"exit status {result.returncode}"
+        raise SlurmError(f"sbatch failed: {message}")
+    return result.stdout.strip().split(";")[0]
+
+
+def _default_venv() -> Path | None:
+    """The virtual environment of the running interpreter, if it runs in one."""
+    if sys.prefix != sys.base_prefix:
+        return Path(sys.prefix)
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``slurm`` tool's argument parser (subcommands ``submit`` and ``render``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m lit_unitscale slurm",
+        description="Render or submit an sbatch job that runs `lit_unitscale fit` on a recipe. "
+        "Arguments after `--` are passed to fit.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{submit,render}")
+    for name, help_text in (
+        ("submit", "write the job script to --output-dir and submit it with sbatch"),
+        ("render", "print the job script and submit nothing (= submit --dry-run)"),
+    ):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        _add_options(sub)
+    return parser
+
+
+def _add_options(parser: argparse.ArgumentParser) -> None:
+    """Add the job options shared by ``submit`` and ``render``.
+
+    Args:
+        parser: the subcommand's parser.
+    """
+    parser.add_argument(
+        "--config",
+        action="append",
+        required=True,
+        metavar="YAML",
+        help="recipe file passed to fit; repeat to merge several, in order",
+    )
+    parser.add_argument("--nodes", type=int, default=1, help="number of nodes (default: 1)")
+    parser.add_argument(
+        "--gpus-per-node",
+        type=int,
+        default=1,
+        metavar="N",
+        help="devices per node = SLURM tasks per node = trainer.devices; with "
+        "--accelerator cpu the number of processes per node (default: 1)",
+    )
+    parser.add_argument(
+        "--accelerator",
+        choices=("gpu", "cpu"),
+        default="gpu",
+        help="gpu requests --gpus-per-node; cpu runs CPU processes, for tests (default: gpu)",
+    )
+    parser.add_argument(
+        "--cpus-per-task", type=int, default=4, metavar="N", help="CPU cores per task (default: 4)"
+    )
+    parser.add_argument("--partition", help="SLURM partition (default: the cluster's default)")
+    parser.add_argument(
+        "--time",
+        default="01:00:00",
+        help="wall-clock limit, e.g. 12:00:00 or 1-00:00:00; the job gets SIGUSR1 90 s "
+        "before it, checkpoints and requeues (default: 01:00:00)",
+    )
+    parser.add_argument("--account", help="SLURM account to charge (default: your default)")
+    parser.add_argument(
+        "--job-name", help="SLURM job name (default: the name of the last --config file)"
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the job script and its logs <job-name>-<job-id>.out/.err go "
+        "(default: runs/slurm/<job-name>)",
+    )
+    parser.add_argument(
+        "--master-addr",
+        metavar="HOST",
+        help="rendezvous address; default: the first node of the allocation. Set it to "
+        "127.0.0.1 when the nodes are on one host and their names do not resolve",
+    )
+    parser.add_argument(
+        "--venv",
+        metavar="DIR",
+        help="virtual environment to activate in the job; '' for none "
+        "(default: the environment running this command)",
+    )
+    parser.add_argument(
+        "--template",
+        type=Path,
+        default=DEFAULT_TEMPLATE,
+        metavar="FILE",
+        help="sbatch template with ${...} placeholders (default: slurm/train.sbatch)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the job script instead of submitting it"
+    )
+
+
+def _root_dir(merged: DictConfig, extra_args: list[str], workdir: Path) -> Path:
+    """The Trainer's ``default_root_dir`` as the job will see it.
+
+    Args:
+        merged: the merged recipe.
+        extra_args: the arguments for fit, which may override it.
+        workdir: the job's working directory (relative paths start there).
+    """
+    root = OmegaConf.select(merged, "trainer.default_root_dir", default=None)
+    for i, arg in enumerate(extra_args):
+        if arg.startswith("--trainer.default_root_dir="):
+            root = arg.split("=", 1)[1]
+        elif arg == "--trainer.default_root_dir" and i + 1 < len(extra_args):
+            root = extra_args[i + 1]
+    return workdir / str(root) if root else workdir
+
+
+def make_spec(args: argparse.Namespace, extra_args: list[str]) -> JobSpec:
+    """Validate the options against the recipe and build the job.
+
+    Args:
+        args: the parsed options.
+        extra_args: the arguments after ``--``, for fit.
+    """
+    if args.nodes < 1 or args.gpus_per_node < 1 or args.cpus_per_task < 1:
+        raise SlurmError(
+            "--nodes, --gpus-per-node and --cpus-per-task must be at least 1", EXIT_USAGE
+        )
+    merged = load_recipe(args.config)
+    check_topology(args.config, merged, args.nodes, args.gpus_per_node, args.accelerator)
+    job_name = args.job_name or Path(args.config[-1]).stem
+    workdir = Path.cwd()
+    output_dir = (args.output_dir or Path("runs") / "slurm" / job_name).absolute()
+    if args.venv is None:
+        venv = _default_venv()
+    else:
+        venv = Path(args.venv).absolute() if args.venv else None
+    if venv is not None and not (venv / "bin" / "activate").is_file():
+        raise SlurmError(f"--venv {venv}: no bin/activate there")
+    return JobSpec(
+        configs=list(args.config),
+        nodes=args.nodes,
+        tasks_per_node=args.gpus_per_node,
+        accelerator=args.accelerator,
+        cpus_per_task=args.cpus_per_task,
+        time=args.time,
+        job_name=job_name,
+        output_dir=output_dir,
+        workdir=workdir,
+        root_dir=_root_dir(merged, extra_args, workdir),
+        partition=args.partition,
+        account=args.account,
+        master_addr=args.master_addr,
+        venv=venv,
+        extra_args=extra_args,
+    )
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``python -m lit_unitscale slurm``; returns the exit status.
+
+    Args:
+        argv: the arguments after ``slurm``; those after ``--`` go to fit.
+    """
+    extra_args: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, extra_args = argv[:split], argv[split + 1 :]
+    args = build_parser().parse_args(argv)
+    try:
+        spec = make_spec(args, extra_args)
+        script = render(spec, args.template)
+        if args.command == "render" or args.dry_run:
+            sys.stdout.write(script)
+            return 0
+        spec.output_dir.mkdir(parents=True, exist_ok=True)
+        script_path = spec.output_dir / f"{spec.job_name}.sbatch"
+        script_path.write_text(script)
+        job_id = submit(script_path)
+    except SlurmError as error:
+        print(f"slurm: {error}", file=sys.stderr)
+        return error.exit_code
+    logs = spec.output_dir / f"{spec.job_name}-{job_id}"
+    print(f"submitted job {job_id} ({spec.nodes} node(s) x {spec.tasks_per_node} task(s))")
+    print(f"script: {script_path}")
+    print(f"logs:   {logs}.out  {logs}.err")
+    return 0
