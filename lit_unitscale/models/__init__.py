@@ -1,0 +1,30 @@
+"""Transformers built from unit-scaled parts: single-device, no Lightning, no parallelism."""
+
+from lit_unitscale.models.config import ConfigError, TransformerConfig
+from lit_unitscale.models.heads import (
+    ARCHITECTURES,
+    DecoderLM,
+    EncoderMLM,
+    Seq2SeqLM,
+    SequenceClassifier,
+    TokenClassifier,
+)
+from lit_unitscale.models.stack import Block, TransformerStack, branch_taus
+from lit_unitscale.models.transformer import Decoder, Encoder, EncoderDecoder
+
+__all__ = [
+    "ARCHITECTURES",
+    "Block",
+    "ConfigError",
+    "Decoder",
+    "DecoderLM",
+    "Encoder",
+    "EncoderDecoder",
+    "EncoderMLM",
+    "Seq2SeqLM",
+    "SequenceClassifier",
+    "TokenClassifier",
+    "TransformerConfig",
+    "TransformerStack",
+    "branch_taus",
+]
