@@ -77,16 +77,21 @@ def quantise(
 
 def _stochastic_round(x: Tensor, fmt: FP8Format, generator: torch.Generator | None) -> Tensor:
     # Spacing of representable values at |x|: 2**(exponent - mantissa_bits), with the exponent
-    # floored at the subnormal range. Adding U[0, 1) * spacing and truncating rounds up with
-    # probability equal to the distance from the lower neighbour.
+    # floored at the subnormal range. The exponent comes from frexp (exact), not log2, whose
+    # rounding puts values a few ulps below a power of two into the next binade. Rounding up
+    # with probability equal to the fractional distance from the lower neighbour is unbiased and
+    # only ever returns one of the two neighbours; values already on the grid stay exact.
     mag = x.abs()
-    exponent = torch.floor(torch.log2(mag.clamp_min(fmt.min_normal)))
-    spacing = torch.exp2(exponent - fmt.mantissa_bits)
+    _, exp = torch.frexp(mag)
+    exponent = torch.clamp_min(exp - 1, math.frexp(fmt.min_normal)[1] - 1)
+    spacing = torch.exp2((exponent - fmt.mantissa_bits).to(x.dtype))
+    scaled = mag / spacing  # exact: division by a power of two
+    lower = torch.floor(scaled)
     noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    rounded = torch.floor(mag / spacing + noise) * spacing
-    # Values already exact stay exact; the result is exact in the format, so the final cast
-    # (round-to-nearest) does not move it.
-    return torch.copysign(rounded, x)
+    rounded = (lower + (noise < scaled - lower).to(x.dtype)) * spacing
+    # The result is on the format's grid, so the final cast (round-to-nearest) does not move
+    # it; inf and NaN pass through unchanged.
+    return torch.where(torch.isfinite(x), torch.copysign(rounded, x), x)
 
 
 class _QuantiseGrad(torch.autograd.Function):

@@ -391,5 +391,7 @@ def cross_entropy(
     if reduction != "mean":
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     count = (target != ignore_index).sum().clamp_min(1)
-    # Divide the value only: the gradient keeps its unit scale.
-    return loss - (loss - loss / count).detach()
+    # Divide the value only: the gradient keeps its unit scale. ``loss - loss.detach()`` is an
+    # exact zero carrying the gradient, so the value is exactly ``loss / count`` (subtracting a
+    # detached ``loss - loss / count`` instead cancels catastrophically for large row counts).
+    return (loss / count).detach() + (loss - loss.detach())

@@ -182,8 +182,17 @@ class Embedding(UnitModule):
             padding_idx,
         )
         # fan_in of a table is its width: u-μP scales its Adam LR by width**-0.5.
-        weight = nn.Parameter(torch.randn(num_embeddings, embedding_dim))
+        weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim))
         self._register("weight", weight, "embedding", embedding_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # As nn.Embedding: N(0, 1), with the padding row zeroed (it never receives a gradient,
+        # so a random row would stay as a constant non-zero input forever).
+        nn.init.normal_(self.weight)
+        if self.padding_idx is not None:
+            with torch.no_grad():
+                self.weight[self.padding_idx].fill_(0)
 
     def forward(self, input: Tensor) -> Tensor:
         return self.F.embedding(input, self.weight, self.padding_idx)
