@@ -1,0 +1,167 @@
+"""The shared LightningModule: model built from a TransformerConfig, u-μP optimizer groups,
+LR schedule, global-batch gradient scaling, FSDP2 sharding hook, checkpointed model config."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from lit_unitscale.models import ARCHITECTURES, TransformerConfig
+from lit_unitscale.tasks.schedule import Schedule, lr_factor
+from lit_unitscale.unit import global_batch, param_groups
+
+
+class UnitScaledTask(L.LightningModule):
+    """Base of every task. Subclasses set ``architecture`` and implement the steps.
+
+    Args:
+        model: architecture and u-μP hyperparameters; sizes left at 0 (``vocab_size``,
+            ``num_labels``) are filled from the data module.
+        lr: peak learning rate (u-μP: the base LR before per-parameter multipliers).
+        weight_decay: AdamW weight decay (independent of the LR when ``independent_weight_decay``).
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        independent_weight_decay: divide weight decay by each group's LR (u-μP recommendation).
+        warmup_steps: linear warmup steps.
+        schedule: LR decay after warmup.
+        min_lr_ratio: final LR as a fraction of the peak.
+        compile: wrap the model in ``torch.compile``.
+        activation_checkpointing: recompute each block's activations in backward.
+    """
+
+    architecture: str = "DecoderLM"
+
+    def __init__(
+        self,
+        model: TransformerConfig,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        independent_weight_decay: bool = True,
+        warmup_steps: int = 100,
+        schedule: Schedule = "cosine",
+        min_lr_ratio: float = 0.1,
+        compile: bool = False,
+        activation_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = dataclasses.replace(model)
+        self.model: nn.Module | None = None
+
+    # -- model construction -------------------------------------------------------------
+    def fill_config_from_data(self) -> None:
+        """Take sizes left at 0 from the attached data module (vocab, labels, target vocab)."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None:
+            return
+        updates = {}
+        for field, attr in (
+            ("vocab_size", "vocab_size"),
+            ("num_labels", "num_labels"),
+            ("tgt_vocab_size", "tgt_vocab_size"),
+        ):
+            if not getattr(self.config, field) and hasattr(dm, attr):
+                updates[field] = getattr(dm, attr)
+        if updates:
+            self.config = dataclasses.replace(self.config, **updates)
+
+    def build_model(self) -> nn.Module:
+        return ARCHITECTURES[self.architecture](self.config)
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        self.fill_config_from_data()
+        model = self.build_model()
+        if self.hparams.activation_checkpointing:
+            _checkpoint_blocks(model)
+        self.model = model
+        mesh = getattr(self, "device_mesh", None) if self._trainer is not None else None
+        if mesh is not None:
+            from lit_unitscale.strategies.fsdp2 import shard_model
+
+            shard_model(self.model, mesh)
+        if self.hparams.compile:
+            self.model.compile()
+
+    def setup(self, stage: str) -> None:
+        # Weight-gradient scales count the global batch (see unit.global_batch).
+        if stage == "fit" and self.config.parametrization == "umup":
+            global_batch.set_data_parallel(
+                world_size=self.trainer.world_size,
+                accumulation=self.trainer.accumulate_grad_batches,
+            )
+
+    def teardown(self, stage: str) -> None:
+        global_batch.set_data_parallel(1, 1)
+
+    # -- checkpoints carry the resolved config so the model can be rebuilt anywhere -------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["model_config"] = self.config.to_dict()
+        checkpoint["architecture"] = self.architecture
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("model_config")
+        if saved is None:
+            return
+        saved_config = TransformerConfig.from_dict(saved)
+        if self.model is None:
+            self.config = saved_config
+            self.configure_model()
+        elif saved_config != self.config:
+            diff = {
+                k: (v, getattr(self.config, k))
+                for k, v in saved.items()
+                if getattr(self.config, k) != v
+            }
+            raise ValueError(
+                "checkpoint architecture does not match the recipe (checkpoint, recipe): "
+                + ", ".join(f"{k}={a}/{b}" for k, (a, b) in diff.items())
+            )
+
+    # -- optimization ---------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        groups = param_groups(
+            self.model,
+            lr=hp.lr,
+            weight_decay=hp.weight_decay,
+            parametrization=self.config.parametrization,
+            independent_weight_decay=hp.independent_weight_decay,
+        )
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 0
+        total = int(total) if total and total != float("inf") else hp.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: lr_factor(step, total, hp.warmup_steps, hp.schedule, hp.min_lr_ratio),
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # The base LR after the schedule; each group's LR is this times its u-μP multiplier.
+        sched = self.lr_schedulers()
+        if sched is not None:
+            factor = sched.lr_lambdas[0](sched.last_epoch)
+            self.log("lr", self.hparams.lr * factor, on_step=True, batch_size=1)
+
+    def log_loss(self, name: str, loss: Tensor, batch_size: int, **kwargs: Any) -> None:
+        self.log(name, loss, batch_size=batch_size, sync_dist=not self.training, **kwargs)
+
+
+def _checkpoint_blocks(model: nn.Module) -> None:
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        apply_activation_checkpointing,
+    )
+
+    blocks = {id(b) for b in model.blocks()}
+    apply_activation_checkpointing(model, check_fn=lambda m: id(m) in blocks)
