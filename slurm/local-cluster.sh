@@ -85,7 +85,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$MUNGE_SOCKET
+# cred_expire also delays a requeued job (default 120 s); 10 s keeps requeue tests short.
+AuthInfo=socket=$MUNGE_SOCKET,cred_expire=10
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool/%n
 SlurmctldPidFile=$DIR/state/slurmctld.pid
@@ -100,6 +101,7 @@ TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 MpiDefault=none
+MailProg=/bin/true
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 # Trust the CPU counts below even when this host has fewer cores: both nodes share it.
@@ -108,7 +110,8 @@ SlurmdParameters=config_overrides
 ReturnToService=2
 # Jobs may be requeued (scontrol requeue, Lightning's auto-requeue on SIGUSR1).
 JobRequeue=1
-# Short waits keep tests fast.
+# Short waits keep tests fast: schedule every 2 s, so a requeued job restarts promptly.
+SchedulerParameters=sched_interval=2,bf_interval=2
 KillWait=5
 MinJobAge=300
 SlurmdTimeout=30
@@ -186,20 +189,30 @@ cmd_start() {
   echo "local-cluster: nodes n1 n2 idle; clients need: export SLURM_CONF=$CONF"
 }
 
-# Stop the daemon in pid file $1 (program $2): TERM, then KILL after 10 s.
-stop_one() {
-  local pidfile="$RUN/$1.pid" pid
-  if alive "$1" "$2"; then
-    pid=$(cat "$pidfile")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
+# Send TERM to the daemons named by pid files "$@" (pidfile:program), then wait for all of
+# them together (each takes 1-2 s to exit); KILL whatever is left after 10 s.
+stop_daemons() {
+  local item name prog pid pids=()
+  for item in "$@"; do
+    name=${item%%:*}
+    prog=${item##*:}
+    if alive "$name" "$prog"; then
+      pid=$(cat "$RUN/$name.pid")
+      kill "$pid" 2>/dev/null || true
+      pids+=("$pid")
+      echo "local-cluster: stopping $name ($pid)"
+    fi
+    rm -f "$RUN/$name.pid"
+  done
+  for _ in $(seq 100); do
+    local left=()
+    for pid in "${pids[@]}"; do
+      kill -0 "$pid" 2>/dev/null && left+=("$pid")
     done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
-    echo "local-cluster: stopped $1 ($pid)"
-  fi
-  rm -f "$pidfile"
+    [ "${#left[@]}" -eq 0 ] && return
+    sleep 0.1
+  done
+  kill -9 "${left[@]}" 2>/dev/null || true
 }
 
 cmd_stop() {
@@ -211,10 +224,7 @@ cmd_stop() {
       sleep 0.2
     done
   fi
-  stop_one slurmd-n1 slurmd
-  stop_one slurmd-n2 slurmd
-  stop_one slurmctld slurmctld
-  stop_one munged munged
+  stop_daemons slurmd-n1:slurmd slurmd-n2:slurmd slurmctld:slurmctld munged:munged
 }
 
 cmd_status() {
