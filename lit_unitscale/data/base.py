@@ -71,6 +71,28 @@ class BaseDataModule(LightningDataModule):
         return self._loader("test")
 
 
+class TokenizedDataModule(BaseDataModule):
+    """A datamodule whose text goes through an HF tokenizer, trained here or loaded by path.
+    Subclasses set `self._tokenizer` and `self._tokenizer_file` in `_prepare()`."""
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer in use."""
+        self._ensure_prepared()
+        return self._tokenizer
+
+    @property
+    def tokenizer_file(self) -> Path:
+        """The tokenizer.json in use: save it beside a checkpoint so fine-tuning reuses it."""
+        self._ensure_prepared()
+        return self._tokenizer_file
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the token vocabulary (the model's embedding rows)."""
+        return self.tokenizer.get_vocab_size()
+
+
 class ListDataset(Dataset):
     """A map-style dataset over a list of prepared examples."""
 

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .base import BaseDataModule, resolve_tokenizer
+from .base import TokenizedDataModule, resolve_tokenizer
 from .splits import SPLITS
 from .text_corpora import text_lines
 from .text_tokenizers import PAD, WORD_EOS, is_word_level, token_id
@@ -46,7 +46,7 @@ class TokenBlocks(Dataset):
         return {"input_ids": inputs, "labels": labels}
 
 
-class CausalLMData(BaseDataModule):
+class CausalLMData(TokenizedDataModule):
     """Language-model blocks from PTB, Shakespeare or your own text.
 
     Each line is tokenized and ended by `<eos>` (word-level; as in Zaremba et al.) or by its line
@@ -94,7 +94,7 @@ class CausalLMData(BaseDataModule):
         self.seq_len = seq_len
         self.max_train_tokens = max_train_tokens
         self.max_eval_tokens = max_eval_tokens
-        self.tokens: dict[str, Tensor] = {}
+        self._tokens: dict[str, Tensor] = {}
 
     def _prepare(self) -> None:
         lines = text_lines(self.corpus)
@@ -102,43 +102,43 @@ class CausalLMData(BaseDataModule):
         if self.tokenizer_kind == "bpe" and size is None:
             size = 8192
         required = [WORD_EOS] if self.tokenizer_kind == "word" and not self.tokenizer_path else []
-        self.tokenizer, self.tokenizer_file = resolve_tokenizer(
+        self._tokenizer, self._tokenizer_file = resolve_tokenizer(
             self.tokenizer_kind, size, self.tokenizer_path, lambda: lines["train"], required
         )
-        word_level = is_word_level(self.tokenizer)
-        self.eos_id = token_id(self.tokenizer, WORD_EOS) if word_level else None
-        pad = self.tokenizer.token_to_id(PAD)
+        word_level = is_word_level(self._tokenizer)
+        self.eos_id = token_id(self._tokenizer, WORD_EOS) if word_level else None
+        pad = self._tokenizer.token_to_id(PAD)
         # Word-level vocabularies have no [PAD] (PTB must stay at exactly 10,000 words); blocks
         # are padded only at the end of evaluation splits, where labels are -100 anyway.
         self.pad_id_ = pad if pad is not None else self.eos_id if self.eos_id is not None else 0
         for split in SPLITS:
             limit = self.max_train_tokens if split == "train" else self.max_eval_tokens
-            self.tokens[split] = self._encode(lines[split], limit)
+            self._tokens[split] = self._encode(lines[split], limit)
             self.datasets[split] = TokenBlocks(
-                self.tokens[split], self.seq_len, self.pad_id_, keep_tail=split != "train"
+                self._tokens[split], self.seq_len, self.pad_id_, keep_tail=split != "train"
             )
 
     def _encode(self, lines: list[str], limit: int | None) -> Tensor:
         ids: list[int] = []
         if self.eos_id is not None:
-            for encoding in self.tokenizer.encode_batch(lines, add_special_tokens=False):
+            for encoding in self._tokenizer.encode_batch(lines, add_special_tokens=False):
                 ids.extend(encoding.ids)
                 ids.append(self.eos_id)
                 if limit is not None and len(ids) >= limit:
                     break
         else:
             texts = [line + "\n" for line in lines]
-            for encoding in self.tokenizer.encode_batch(texts, add_special_tokens=False):
+            for encoding in self._tokenizer.encode_batch(texts, add_special_tokens=False):
                 ids.extend(encoding.ids)
                 if limit is not None and len(ids) >= limit:
                     break
         return torch.tensor(ids[:limit], dtype=torch.int32)
 
     @property
-    def vocab_size(self) -> int:
-        """Size of the token vocabulary (the model's embedding and output rows)."""
+    def tokens(self) -> dict[str, Tensor]:
+        """Token ids per split ("train", "valid", "test"), lines joined, after any limit."""
         self._ensure_prepared()
-        return self.tokenizer.get_vocab_size()
+        return self._tokens
 
     @property
     def pad_id(self) -> int:

@@ -108,7 +108,7 @@ class G2PData(BaseDataModule):
         self.source = source
         self.keep_stress = keep_stress
         self.max_train_words = max_train_words
-        self.words: dict[str, list[str]] = {}
+        self._words: dict[str, list[str]] = {}
         self._references: dict[str, list[list[list[int]]]] = {}
 
     def _prepare(self) -> None:
@@ -128,7 +128,7 @@ class G2PData(BaseDataModule):
         if self.max_train_words is not None:
             by_split["train"] = by_split["train"][: self.max_train_words]
         for split, words in by_split.items():
-            self.words[split] = words
+            self._words[split] = words
             refs = [[self.phonemes.encode(p) for p in entries[word]] for word in words]
             self._references[split] = refs
             examples = []  # (ref_index, letter ids, phoneme ids)
@@ -151,6 +151,12 @@ class G2PData(BaseDataModule):
         """Phoneme symbols of `ids`, up to the first <eos>, without <pad>/<bos>."""
         self._ensure_prepared()
         return self.phonemes.decode(ids)
+
+    @property
+    def words(self) -> dict[str, list[str]]:
+        """Words per split; `ref_index` in a batch indexes this list."""
+        self._ensure_prepared()
+        return self._words
 
     @property
     def vocab_size(self) -> int:

@@ -1,7 +1,6 @@
 """BERT-style masked language modelling on running text (encoder-only models)."""
 
 import hashlib
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -9,7 +8,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
 
-from .base import BaseDataModule, resolve_tokenizer
+from .base import TokenizedDataModule, resolve_tokenizer
 from .splits import SPLITS
 from .text_corpora import text_lines
 from .text_tokenizers import CLS, MASK, PAD, SEP, SPECIAL_TOKENS, UNK, token_id
@@ -135,7 +134,7 @@ class MaskingCollator:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-class MaskedLMData(BaseDataModule):
+class MaskedLMData(TokenizedDataModule):
     """Masked-LM sequences from Shakespeare, PTB or your own text.
 
     Consecutive lines are packed into sequences of at most `seq_len` tokens, `[CLS] ... [SEP]`;
@@ -196,17 +195,17 @@ class MaskedLMData(BaseDataModule):
             split: [line.replace("<unk>", UNK) for line in split_lines]
             for split, split_lines in text_lines(self.corpus).items()
         }
-        self.tokenizer, self._tokenizer_file = resolve_tokenizer(
+        self._tokenizer, self._tokenizer_file = resolve_tokenizer(
             self.tokenizer_kind,
             self.requested_vocab_size,
             self.tokenizer_path,
             lambda: lines["train"],
         )
-        cls_id, sep_id = token_id(self.tokenizer, CLS), token_id(self.tokenizer, SEP)
+        cls_id, sep_id = token_id(self._tokenizer, CLS), token_id(self._tokenizer, SEP)
         for split in SPLITS:
             limit = self.max_train_tokens if split == "train" else self.max_eval_tokens
             encoded, total = [], 0
-            for encoding in self.tokenizer.encode_batch(lines[split], add_special_tokens=False):
+            for encoding in self._tokenizer.encode_batch(lines[split], add_special_tokens=False):
                 encoded.append(encoding.ids)
                 total += len(encoding.ids)
                 if limit is not None and total >= limit:
@@ -219,7 +218,7 @@ class MaskedLMData(BaseDataModule):
         return MaskingCollator(
             pad_id=self.pad_id,
             mask_id=self.mask_id,
-            special_ids=[token_id(self.tokenizer, t) for t in SPECIAL_TOKENS],
+            special_ids=[token_id(self._tokenizer, t) for t in SPECIAL_TOKENS],
             vocab_size=self.vocab_size,
             mask_prob=self.mask_prob,
             seed=self.seed,
@@ -227,25 +226,13 @@ class MaskedLMData(BaseDataModule):
         )
 
     @property
-    def vocab_size(self) -> int:
-        """Size of the token vocabulary."""
-        self._ensure_prepared()
-        return self.tokenizer.get_vocab_size()
-
-    @property
     def pad_id(self) -> int:
         """Id of [PAD]."""
         self._ensure_prepared()
-        return token_id(self.tokenizer, PAD)
+        return token_id(self._tokenizer, PAD)
 
     @property
     def mask_id(self) -> int:
         """Id of [MASK]."""
         self._ensure_prepared()
-        return token_id(self.tokenizer, MASK)
-
-    @property
-    def tokenizer_file(self) -> Path:
-        """The tokenizer.json in use: save it beside a checkpoint so fine-tuning reuses it."""
-        self._ensure_prepared()
-        return self._tokenizer_file
+        return token_id(self._tokenizer, MASK)

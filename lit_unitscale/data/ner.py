@@ -5,7 +5,7 @@ from typing import Literal
 import torch
 from tokenizers import Tokenizer
 
-from .base import BaseDataModule, ListDataset, resolve_tokenizer
+from .base import ListDataset, TokenizedDataModule, resolve_tokenizer
 from .errors import EmptyDataError
 from .labels import bio_names
 from .packages import WNUT16, fetch
@@ -73,7 +73,7 @@ class TokenCollator:
         }
 
 
-class NERData(BaseDataModule):
+class NERData(TokenizedDataModule):
     """Tagged sentences for token classification: WNUT-16 (tweets, 10 entity types, BIO) or
     CoNLL files of your own.
 
@@ -120,7 +120,7 @@ class NERData(BaseDataModule):
         self.tokenizer_path = tokenizer_path
         self.seq_len = seq_len
         self.split_seed = split_seed
-        self.sentences: dict[str, list[Sentence]] = {}
+        self._sentences: dict[str, list[Sentence]] = {}
 
     def _read(self) -> dict[str, list[Sentence]]:
         if self.source == "wnut16":
@@ -136,21 +136,23 @@ class NERData(BaseDataModule):
         return {split: read_conll(file) for split, file in given.items()}
 
     def _prepare(self) -> None:
-        self.sentences = self._read()
-        self._label_names = bio_names(t for s in self.sentences.values() for _, ts in s for t in ts)
-        self.tokenizer, self.tokenizer_file = resolve_tokenizer(
+        self._sentences = self._read()
+        self._label_names = bio_names(
+            t for s in self._sentences.values() for _, ts in s for t in ts
+        )
+        self._tokenizer, self._tokenizer_file = resolve_tokenizer(
             self.tokenizer_kind,
             self.requested_vocab_size,
             self.tokenizer_path,
-            lambda: [" ".join(words) for words, _ in self.sentences["train"]],
+            lambda: [" ".join(words) for words, _ in self._sentences["train"]],
         )
-        cls_id, sep_id = token_id(self.tokenizer, CLS), token_id(self.tokenizer, SEP)
+        cls_id, sep_id = token_id(self._tokenizer, CLS), token_id(self._tokenizer, SEP)
         tag_ids = {name: i for i, name in enumerate(self._label_names)}
         for split in SPLITS:
             items = []
-            for words, tags in self.sentences[split]:
+            for words, tags in self._sentences[split]:
                 ids, labels, word_ids = align_labels(
-                    self.tokenizer, words, [tag_ids[t] for t in tags], cls_id, sep_id, self.seq_len
+                    self._tokenizer, words, [tag_ids[t] for t in tags], cls_id, sep_id, self.seq_len
                 )
                 items.append((ids, (labels, word_ids)))
             self.datasets[split] = ListDataset(items)
@@ -159,16 +161,16 @@ class NERData(BaseDataModule):
         return TokenCollator(self.pad_id)
 
     @property
-    def vocab_size(self) -> int:
-        """Size of the token vocabulary."""
+    def sentences(self) -> dict[str, list[Sentence]]:
+        """(words, tags) per split, as read."""
         self._ensure_prepared()
-        return self.tokenizer.get_vocab_size()
+        return self._sentences
 
     @property
     def pad_id(self) -> int:
         """Id of [PAD]."""
         self._ensure_prepared()
-        return token_id(self.tokenizer, PAD)
+        return token_id(self._tokenizer, PAD)
 
     @property
     def num_labels(self) -> int:

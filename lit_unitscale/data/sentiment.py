@@ -6,7 +6,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .base import BaseDataModule, ListDataset, resolve_tokenizer
+from .base import ListDataset, TokenizedDataModule, resolve_tokenizer
 from .errors import DataFormatError, EmptyDataError
 from .labels import class_names
 from .packages import MR, fetch
@@ -56,7 +56,7 @@ class SequenceCollator:
         }
 
 
-class SentimentData(BaseDataModule):
+class SentimentData(TokenizedDataModule):
     """Sentences with a class label: MR polarity (binary) or a TSV of your own.
 
     MR ships as one file; it is split 80/10/10 by the stable hash of (split_seed, row), so the
@@ -121,17 +121,17 @@ class SentimentData(BaseDataModule):
             if self.source == "mr"
             else class_names(r[0] for s in rows.values() for r in s)
         )
-        self.tokenizer, self.tokenizer_file = resolve_tokenizer(
+        self._tokenizer, self._tokenizer_file = resolve_tokenizer(
             self.tokenizer_kind,
             self.requested_vocab_size,
             self.tokenizer_path,
             lambda: [text for _, text in rows["train"]],
         )
-        cls_id, sep_id = token_id(self.tokenizer, CLS), token_id(self.tokenizer, SEP)
+        cls_id, sep_id = token_id(self._tokenizer, CLS), token_id(self._tokenizer, SEP)
         label_ids = {name: i for i, name in enumerate(self._label_names)}
         for split in SPLITS:
             texts = [text for _, text in rows[split]]
-            encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
+            encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
             self.datasets[split] = ListDataset(
                 [
                     ([cls_id, *enc.ids[: self.seq_len - 2], sep_id], label_ids[label])
@@ -143,16 +143,10 @@ class SentimentData(BaseDataModule):
         return SequenceCollator(self.pad_id)
 
     @property
-    def vocab_size(self) -> int:
-        """Size of the token vocabulary."""
-        self._ensure_prepared()
-        return self.tokenizer.get_vocab_size()
-
-    @property
     def pad_id(self) -> int:
         """Id of [PAD]."""
         self._ensure_prepared()
-        return token_id(self.tokenizer, PAD)
+        return token_id(self._tokenizer, PAD)
 
     @property
     def num_labels(self) -> int:

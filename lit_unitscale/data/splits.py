@@ -12,9 +12,10 @@ T = TypeVar("T")
 SPLITS = ("train", "valid", "test")
 
 
-def stable_fraction(key: str, seed: int | str = "") -> float:
-    """A number in [0, 1) fixed by `key` (and `seed`): the first 8 bytes of blake2b."""
-    digest = hashlib.blake2b(f"{seed}|{key}".encode(), digest_size=8).digest()
+def stable_fraction(key: str, seed: int | None = None) -> float:
+    """A number in [0, 1) fixed by `key` (and `seed`): its 8-byte blake2b digest / 2**64."""
+    text = key if seed is None else f"{seed}|{key}"
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
 
 
