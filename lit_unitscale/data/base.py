@@ -14,7 +14,7 @@ from .text_tokenizers import SPECIAL_TOKENS, TokenizerKind, cached_tokenizer, lo
 
 class BaseDataModule(LightningDataModule):
     """Loaders and lazy preparation. Subclasses implement `_prepare()`, which fills
-    `self.datasets` ({"train", "valid", "test"} → map-style dataset) and anything the public
+    `self._datasets` ({"train", "valid", "test"} → map-style dataset) and anything the public
     properties read; it runs once, on first access of a property or in `prepare_data`/`setup`.
     Every step it takes is cached on disk under a file lock, so all DDP ranks may run it."""
 
@@ -23,7 +23,7 @@ class BaseDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
-        self.datasets: dict[str, Dataset] = {}
+        self._datasets: dict[str, Dataset] = {}
         self._prepared = False
 
     def _prepare(self) -> None:
@@ -33,6 +33,12 @@ class BaseDataModule(LightningDataModule):
         if not self._prepared:
             self._prepare()
             self._prepared = True
+
+    @property
+    def datasets(self) -> dict[str, Dataset]:
+        """The map-style dataset of each split: "train", "valid", "test"."""
+        self._ensure_prepared()
+        return self._datasets
 
     def prepare_data(self) -> None:
         self._ensure_prepared()
@@ -45,7 +51,6 @@ class BaseDataModule(LightningDataModule):
         return None
 
     def _loader(self, split: str) -> DataLoader:
-        self._ensure_prepared()
         train = split == "train"
         return DataLoader(
             self.datasets[split],

@@ -114,7 +114,7 @@ class CausalLMData(TokenizedDataModule):
         for split in SPLITS:
             limit = self.max_train_tokens if split == "train" else self.max_eval_tokens
             self._tokens[split] = self._encode(lines[split], limit)
-            self.datasets[split] = TokenBlocks(
+            self._datasets[split] = TokenBlocks(
                 self._tokens[split], self.seq_len, self.pad_id_, keep_tail=split != "train"
             )
 

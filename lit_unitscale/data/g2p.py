@@ -136,7 +136,7 @@ class G2PData(BaseDataModule):
                 letters = self.letters.encode(word)
                 targets = refs[i] if split == "train" else refs[i][:1]
                 examples.extend((i, letters, target) for target in targets)
-            self.datasets[split] = ListDataset(examples)
+            self._datasets[split] = ListDataset(examples)
 
     def _collate(self, split: str) -> G2PCollator:
         return G2PCollator(self.pad_id, self.bos_id, self.eos_id)

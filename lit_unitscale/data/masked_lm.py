@@ -211,7 +211,7 @@ class MaskedLMData(TokenizedDataModule):
                 if limit is not None and total >= limit:
                     break
             packed = pack_lines(encoded, self.seq_len - 2)
-            self.datasets[split] = Sequences([[cls_id, *ids, sep_id] for ids in packed])
+            self._datasets[split] = Sequences([[cls_id, *ids, sep_id] for ids in packed])
 
     def _collate(self, split: str) -> MaskingCollator:
         self._ensure_prepared()

@@ -155,7 +155,7 @@ class NERData(TokenizedDataModule):
                     self._tokenizer, words, [tag_ids[t] for t in tags], cls_id, sep_id, self.seq_len
                 )
                 items.append((ids, (labels, word_ids)))
-            self.datasets[split] = ListDataset(items)
+            self._datasets[split] = ListDataset(items)
 
     def _collate(self, split: str) -> TokenCollator:
         return TokenCollator(self.pad_id)

@@ -132,7 +132,7 @@ class SentimentData(TokenizedDataModule):
         for split in SPLITS:
             texts = [text for _, text in rows[split]]
             encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
-            self.datasets[split] = ListDataset(
+            self._datasets[split] = ListDataset(
                 [
                     ([cls_id, *enc.ids[: self.seq_len - 2], sep_id], label_ids[label])
                     for enc, (label, _) in zip(encodings, rows[split], strict=True)
