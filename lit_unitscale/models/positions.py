@@ -46,9 +46,11 @@ class AbsolutePositions(UnitModule):
             self.register_buffer("sinusoid", sinusoidal_table(max_len, dim), persistent=False)
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        length = x.shape[1]
+        batch, length = x.shape[:2]
         if self.kind == "learned":
-            idx = torch.arange(offset, offset + length, device=x.device)
+            # Look up one row per token (not per position broadcast over the batch), so the
+            # table's gradient scale counts every token that used it.
+            idx = torch.arange(offset, offset + length, device=x.device).expand(batch, length)
             pos = self.table(idx).to(x.dtype)
         else:
             pos = self.sinusoid[offset : offset + length].to(x.dtype)

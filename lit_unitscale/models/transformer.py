@@ -31,9 +31,13 @@ class TokenEmbedding(UnitModule):
             else None
         )
         self.dropout_p = config.dropout
+        self.uses = 1  # how many inputs share this table (encoder-decoders with one vocabulary)
 
     def forward(self, ids: Tensor) -> Tensor:
         x = self.tokens(ids)
+        if self.uses > 1 and self.parametrization == "umup":
+            # The table's gradient sums one unit-scaled contribution per use.
+            x = self.F.scale_bwd(x, self.uses**-0.5)
         if self.positions is not None:
             x = self.positions(x)
         return self.F.dropout(x, self.dropout_p, self.training)
@@ -83,6 +87,8 @@ class EncoderDecoder(UnitModule):
         self.encoder = Encoder(config)
         tgt_vocab = config.tgt_vocab_size or config.vocab_size
         self.shared_embedding = config.tgt_vocab_size is None
+        if self.shared_embedding:
+            self.encoder.embed.uses = 2
         self.tgt_embed = None if self.shared_embedding else TokenEmbedding(config, tgt_vocab)
         self.decoder = TransformerStack(
             config, causal=True, cross_attend=True, n_layers=config.n_decoder_layers
@@ -95,6 +101,10 @@ class EncoderDecoder(UnitModule):
         self, decoder_input_ids: Tensor, memory: Tensor, memory_mask: Tensor | None = None
     ) -> Tensor:
         embed = self.encoder.embed if self.shared_embedding else self.tgt_embed
+        if self.parametrization == "umup":
+            # Every decoder layer reads the memory: its gradient sums len(layers) unit-scaled
+            # contributions, so scale it back to unit.
+            memory = self.F.scale_bwd(memory, len(self.decoder.layers) ** -0.5)
         return self.decoder(embed(decoder_input_ids), memory=memory, memory_key_mask=memory_mask)
 
     def forward(

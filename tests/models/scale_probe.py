@@ -1,0 +1,85 @@
+"""Record RMS of module outputs, their gradients and weight gradients in one backward pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lit_unitscale.models.attention import Attention
+from lit_unitscale.models.stack import MLP, Block
+from lit_unitscale.models.transformer import TokenEmbedding
+from lit_unitscale.unit import Linear, LinearReadout, named_param_specs
+
+PROBED = (Linear, Attention, MLP, Block, TokenEmbedding)
+
+
+@dataclass
+class Row:
+    name: str  # module or parameter name
+    what: str  # "readout", "q_proj", "up_proj", "attn", "block", "linear", "mlp", "embed"
+    kind: str  # "act", "act_grad" or "<role>_grad"
+    rms: float
+    layer: int | None
+
+
+def _what(name: str, module: nn.Module) -> str:
+    if isinstance(module, LinearReadout):
+        return "readout"
+    if isinstance(module, Attention):
+        return "attn"
+    if isinstance(module, Block):
+        return "block"
+    if isinstance(module, MLP):
+        return "mlp"
+    if isinstance(module, TokenEmbedding):
+        return "embed"
+    leaf = name.rsplit(".", 1)[-1]
+    return {"q": "q_proj", "up": "up_proj", "o": "attn_out_proj"}.get(leaf, "linear")
+
+
+def _layer(name: str) -> int | None:
+    return int(name.split("layers.")[1].split(".")[0]) if "layers." in name else None
+
+
+def rms(t: torch.Tensor) -> float:
+    return t.detach().float().pow(2).mean().sqrt().item()
+
+
+def probe_scales(model: nn.Module, run) -> list[Row]:
+    """Run ``run(model) -> loss``, backward, and return one Row per recorded tensor."""
+    rows: list[Row] = []
+    handles = []
+    whats = {}
+
+    def hook(name: str, what: str):
+        def fwd(_m, _inp, out):
+            rows.append(Row(name, what, "act", rms(out), _layer(name)))
+            if out.requires_grad:
+                out.register_hook(
+                    lambda g: rows.append(Row(name, what, "act_grad", rms(g), _layer(name)))
+                )
+
+        return fwd
+
+    for name, module in model.named_modules():
+        if isinstance(module, PROBED):
+            whats[name] = _what(name, module)
+            handles.append(module.register_forward_hook(hook(name, whats[name])))
+    loss = run(model)
+    loss.backward()
+    for h in handles:
+        h.remove()
+    for name, param, spec in named_param_specs(model):
+        if param.grad is not None:
+            module_name = name.rsplit(".", 1)[0]
+            what = whats.get(module_name, "param")
+            rows.append(Row(name, what, f"{spec.role}_grad", rms(param.grad), _layer(name)))
+    return rows
+
+
+def table(rows: list[Row], title: str) -> str:
+    lines = [title, f"{'tensor':<46}{'kind':<16}{'rms':>8}"]
+    lines += [f"{r.name:<46}{r.kind:<16}{r.rms:>8.3f}" for r in rows]
+    return "\n".join(lines)
