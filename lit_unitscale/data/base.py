@@ -25,6 +25,8 @@ class BaseDataModule(LightningDataModule):
         self.seed = seed
         self._datasets: dict[str, Dataset] = {}
         self._prepared = False
+        self._shuffle_generator: torch.Generator | None = None
+        self._collators: dict[str, Callable | None] = {}
 
     def _prepare(self) -> None:
         raise NotImplementedError
@@ -52,18 +54,22 @@ class BaseDataModule(LightningDataModule):
 
     def _loader(self, split: str) -> DataLoader:
         train = split == "train"
+        if train and self._shuffle_generator is None:
+            # One generator for the module's lifetime: a reloaded training loader continues its
+            # stream (new order, new worker seeds) instead of replaying the first epoch.
+            self._shuffle_generator = torch.Generator().manual_seed(self.seed)
+        if split not in self._collators:  # kept, so a collator's random state carries on
+            self._collators[split] = self._collate(split)
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
             shuffle=train,
-            # The shuffle order follows `seed` (Lightning swaps in a DistributedSampler,
-            # seeded by its own seed, when there are several processes).
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
+            # Lightning swaps in a DistributedSampler (seeded by its own seed) under DDP.
+            generator=self._shuffle_generator if train else None,
             num_workers=self.num_workers,
-            # Persistent workers keep their collator's random state across epochs, so masks are
-            # not repeated every epoch.
+            # Persistent workers keep their collator's random state across epochs.
             persistent_workers=self.num_workers > 0,
-            collate_fn=self._collate(split),
+            collate_fn=self._collators[split],
         )
 
     def train_dataloader(self) -> DataLoader:

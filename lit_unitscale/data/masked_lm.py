@@ -69,8 +69,9 @@ class MaskingCollator:
     the original token where chosen and -100 elsewhere. Special tokens (pad, unk, cls, sep, mask)
     are never chosen.
 
-    Training masks come from one generator seeded by (seed, process rank, worker id), so they
-    differ between steps, epochs, ranks and workers but repeat for a given seed. With
+    Training masks come from one random stream per process and worker, seeded from `seed` and
+    the process rank, so they differ between steps, epochs, ranks and workers but repeat for a
+    given seed. With
     `fixed_per_example` (validation, test) example i always gets the same mask, so validation
     losses are comparable across evaluations.
     """
@@ -98,9 +99,11 @@ class MaskingCollator:
 
     def _stream(self) -> torch.Generator:
         if self._generator is None:  # created lazily: inside the worker, after DDP init
+            # In a worker, its seed comes from the loader's generator (seeded by `seed`) and
+            # differs per worker and per epoch unless workers persist (then the stream goes on).
             worker = get_worker_info()
             rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-            seed = stable_seed(self.seed, "train", rank, worker.id if worker else 0)
+            seed = stable_seed(worker.seed if worker else self.seed, "train", rank)
             self._generator = torch.Generator().manual_seed(seed)
         return self._generator
 

@@ -90,3 +90,18 @@ def test_masked_lm_data_batches_and_tokenizer_reuse(fixtures):
     assert data.tokenizer_file.is_file()
     again = MaskedLMData(corpus=str(fixtures / "text"), tokenizer_path=str(data.tokenizer_file))
     assert again.vocab_size == data.vocab_size and again.mask_id == data.mask_id
+
+
+def test_training_masks_change_between_epochs_and_repeat_for_a_seed(fixtures):
+    def module() -> MaskedLMData:
+        corpus = str(fixtures / "text")
+        return MaskedLMData(corpus=corpus, vocab_size=200, seq_len=24, batch_size=8, seed=5)
+
+    data = module()
+    loader = data.train_dataloader()
+    epoch_1 = [batch["labels"] for batch in loader]
+    epoch_2 = [batch["labels"] for batch in loader]
+    reloaded = [batch["labels"] for batch in data.train_dataloader()]
+    assert not torch.equal(epoch_1[0], epoch_2[0])
+    assert not torch.equal(epoch_1[0], reloaded[0])
+    assert torch.equal(next(iter(module().train_dataloader()))["labels"], epoch_1[0])
