@@ -63,8 +63,6 @@ class JobSpec:
     """Directory for the rendered script and the job's stdout/stderr logs."""
     workdir: Path
     """Directory the job runs in; relative recipe paths are relative to it."""
-    root_dir: Path
-    """The Trainer's ``default_root_dir``, where Lightning writes its hpc checkpoints."""
     partition: str | None = None
     """SLURM partition; the cluster's default when None."""
     account: str | None = None
@@ -232,7 +230,6 @@ def render(spec: JobSpec, template_path: Path = DEFAULT_TEMPLATE) -> str:
         "venv_activate": venv_activate,
         "master_addr": q(spec.master_addr or ""),
         "wandb_prefix": re.sub(r"[^A-Za-z0-9_-]", "-", spec.job_name),
-        "hpc_ckpt_glob": q(f"{spec.root_dir}/hpc_ckpt_*.ckpt"),
         "fit_args": " \\\n  ".join(fit_args),
     }
     try:
@@ -320,8 +317,8 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--time",
         default="01:00:00",
-        help="wall-clock limit, e.g. 12:00:00 or 1-00:00:00; the job gets SIGUSR1 90 s "
-        "before it, checkpoints and requeues (default: 01:00:00)",
+        help="wall-clock limit, e.g. 12:00:00 or 1-00:00:00; 90 s before it the job is "
+        "requeued and later resumes from the last checkpoint (default: 01:00:00)",
     )
     parser.add_argument("--account", help="SLURM account to charge (default: your default)")
     parser.add_argument(
@@ -358,23 +355,6 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _root_dir(merged: DictConfig, extra_args: list[str], workdir: Path) -> Path:
-    """The Trainer's ``default_root_dir`` as the job will see it.
-
-    Args:
-        merged: the merged recipe.
-        extra_args: the arguments for fit, which may override it.
-        workdir: the job's working directory (relative paths start there).
-    """
-    root = OmegaConf.select(merged, "trainer.default_root_dir", default=None)
-    for i, arg in enumerate(extra_args):
-        if arg.startswith("--trainer.default_root_dir="):
-            root = arg.split("=", 1)[1]
-        elif arg == "--trainer.default_root_dir" and i + 1 < len(extra_args):
-            root = extra_args[i + 1]
-    return workdir / str(root) if root else workdir
-
-
 def make_spec(args: argparse.Namespace, extra_args: list[str]) -> JobSpec:
     """Validate the options against the recipe and build the job.
 
@@ -407,7 +387,6 @@ def make_spec(args: argparse.Namespace, extra_args: list[str]) -> JobSpec:
         job_name=job_name,
         output_dir=output_dir,
         workdir=workdir,
-        root_dir=_root_dir(merged, extra_args, workdir),
         partition=args.partition,
         account=args.account,
         master_addr=args.master_addr,

@@ -58,7 +58,8 @@ def test_render_has_layout_signal_and_configs(
     assert "#SBATCH --partition=gpu\n" in script
     assert "#SBATCH --account=lab\n" in script
     assert "#SBATCH --time=02:00:00\n" in script
-    assert "#SBATCH --signal=SIGUSR1@90\n" in script
+    assert "#SBATCH --signal=B:SIGUSR1@90\n" in script
+    assert "trap requeue USR1" in script
     assert "#SBATCH --requeue\n" in script
     assert "#SBATCH --open-mode=append\n" in script
     assert f"#SBATCH --output={tmp_path / 'out'}/%x-%j.out\n" in script
