@@ -1,12 +1,22 @@
-"""FSDP2 sharding of our models: ``fully_shard`` each Transformer block, then the root.
+"""FSDP2: Lightning's ``ModelParallelStrategy`` with ``fully_shard`` per Transformer block.
 
-Called from the task's ``configure_model`` when the strategy provides a device mesh
-(Lightning's ``ModelParallelStrategy``); model code itself stays single-device.
+The task's ``configure_model`` builds the single-device model and hands it to the strategy's
+:meth:`FSDP2Strategy.parallelize` (or to :func:`shard_model` under a plain
+``ModelParallelStrategy``); model code itself stays single-device.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Literal
+
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
+
+from lit_unitscale.strategies.checks import CheckedStrategy
+
+DType = Literal["float32", "bfloat16", "float16"]
 
 
 def shard_model(
@@ -33,3 +43,101 @@ def shard_model(
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)
     return model
+
+
+def checkpoint_blocks(model: nn.Module) -> None:
+    """Recompute each block's activations in backward (blocks already wrapped are left alone).
+
+    Args:
+        model: a model with a ``blocks()`` method.
+    """
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        CheckpointWrapper,
+        apply_activation_checkpointing,
+    )
+
+    blocks = {id(b) for b in model.blocks() if not isinstance(b, CheckpointWrapper)}
+    if blocks:
+        apply_activation_checkpointing(model, check_fn=lambda m: id(m) in blocks)
+
+
+class FSDP2Strategy(CheckedStrategy, ModelParallelStrategy):
+    """Fully sharded data parallel (FSDP2) over all processes, one ``fully_shard`` per block.
+
+    Args:
+        data_parallel_size: processes sharing the model (``"auto"``: all of them).
+        tensor_parallel_size: tensor-parallel group size (our models use 1).
+        reshard_after_forward: free each block's gathered parameters after its forward and
+            gather them again in backward (less memory, one more all-gather).
+        param_dtype: FSDP2 mixed precision: dtype parameters are gathered and computed in
+            (None: keep fp32). The sharded master weights stay fp32.
+        reduce_dtype: dtype of the gradient reduce-scatter (None: same as ``param_dtype``).
+        activation_checkpointing: recompute each block's activations in backward.
+        save_distributed_checkpoint: each rank writes its shard (a folder); False gathers one
+            file on rank 0.
+        process_group_backend: ``gloo``, ``nccl`` (None: by device).
+        timeout: collective timeout.
+    """
+
+    family = "fsdp2"
+
+    def __init__(
+        self,
+        data_parallel_size: Literal["auto"] | int = "auto",
+        tensor_parallel_size: int = 1,
+        reshard_after_forward: bool = True,
+        param_dtype: DType | None = None,
+        reduce_dtype: DType | None = None,
+        activation_checkpointing: bool = False,
+        save_distributed_checkpoint: bool = True,
+        process_group_backend: str | None = None,
+        timeout: timedelta | None = timedelta(minutes=30),
+    ) -> None:
+        super().__init__(
+            data_parallel_size=data_parallel_size,
+            tensor_parallel_size=tensor_parallel_size,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            process_group_backend=process_group_backend,
+            timeout=timeout,
+        )
+        self.reshard_after_forward = reshard_after_forward
+        self.param_dtype = param_dtype
+        self.reduce_dtype = reduce_dtype
+        self.activation_checkpointing = activation_checkpointing
+
+    def setup_environment(self) -> None:
+        # Lightning's "auto" puts tensor parallelism inside a node; ours is pure data parallel.
+        if self._data_parallel_size == "auto":
+            self._data_parallel_size = (
+                self.num_nodes * self.num_processes // int(self._tensor_parallel_size)
+            )
+        super().setup_environment()
+
+    def mp_policy(self):
+        """The FSDP2 ``MixedPrecisionPolicy`` from ``param_dtype``/``reduce_dtype`` (or None)."""
+        if self.param_dtype is None and self.reduce_dtype is None:
+            return None
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        def dtype(name: str | None):
+            return None if name is None else getattr(torch, name)
+
+        return MixedPrecisionPolicy(
+            param_dtype=dtype(self.param_dtype), reduce_dtype=dtype(self.reduce_dtype)
+        )
+
+    def parallelize(self, model: nn.Module, mesh) -> nn.Module:
+        """Apply activation checkpointing (if asked) and FSDP2 to a freshly built model.
+
+        Args:
+            model: the single-device model with a ``blocks()`` method.
+            mesh: the strategy's device mesh.
+        """
+        if self.activation_checkpointing:
+            checkpoint_blocks(model)
+        return shard_model(
+            model,
+            mesh,
+            reshard_after_forward=self.reshard_after_forward,
+            mp_policy=self.mp_policy(),
+        )

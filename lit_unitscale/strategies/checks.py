@@ -1,0 +1,23 @@
+"""Checks every lit_unitscale strategy runs when the Trainer is built, before any launch."""
+
+from __future__ import annotations
+
+from lit_unitscale.strategies.precision import check_precision
+from lit_unitscale.strategies.topology import check_slurm_topology
+
+
+class CheckedStrategy:
+    """Mixin: validate topology against SLURM and the precision plugin against the strategy.
+
+    ``_configure_launcher`` runs in ``Trainer.__init__`` once devices, nodes, the cluster
+    environment and the precision plugin are known, so a bad combination fails before any
+    process is started (and in every process started by SLURM).
+    """
+
+    family: str = "ddp"
+
+    def _configure_launcher(self) -> None:
+        check_slurm_topology(devices=self.num_processes, num_nodes=self.num_nodes)
+        accelerator = type(self.accelerator).__name__.replace("Accelerator", "").lower()
+        check_precision(self.family, self.precision_plugin, accelerator)
+        super()._configure_launcher()

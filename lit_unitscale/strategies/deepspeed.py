@@ -1,0 +1,95 @@
+"""DeepSpeed ZeRO (stages 2 and 3, optional CPU offload) that also runs on CPU processes.
+
+Lightning's ``DeepSpeedStrategy`` refuses anything but CUDA. DeepSpeed itself trains on CPU
+with gloo; three things stand in the way, and this subclass changes only those:
+
+1. ``setup_environment`` checks for CUDA: on CPU we run DDP's environment setup instead;
+2. ``setup_distributed`` validates CUDA device indices: on CPU we skip that check;
+3. ``deepspeed.initialize`` is given ``device_rank=root_device.index``, which is None on CPU:
+   we pass the local rank.
+
+On GPUs the behaviour is Lightning's, unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from lightning.fabric.utilities.seed import reset_seed
+from lightning.pytorch.accelerators import CUDAAccelerator
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy as _LightningDeepSpeed
+
+from lit_unitscale.strategies.checks import CheckedStrategy
+from lit_unitscale.strategies.precision import DeepSpeedFP8SimPrecision, FP8SimPrecision
+
+
+@contextlib.contextmanager
+def _device_rank(rank: int) -> Iterator[None]:
+    """Within the context, ``deepspeed.initialize(args=Namespace(device_rank=None))`` gets
+    ``rank`` instead of None (DeepSpeed compares it with 0)."""
+    import deepspeed
+
+    original = deepspeed.initialize
+
+    def initialize(*args: Any, **kwargs: Any):
+        namespace = kwargs.get("args")
+        if namespace is not None and getattr(namespace, "device_rank", 0) is None:
+            namespace.device_rank = rank
+        return original(*args, **kwargs)
+
+    deepspeed.initialize = initialize
+    try:
+        yield
+    finally:
+        deepspeed.initialize = original
+
+
+class DeepSpeedStrategy(CheckedStrategy, _LightningDeepSpeed):
+    """Lightning's DeepSpeedStrategy, also on CPU; accepts all of its arguments (``stage``,
+    ``offload_optimizer``, ``offload_parameters``, ``config``, ``loss_scale``, ...).
+
+    With a torch optimizer and optimizer offload, DeepSpeed would insist on its CPU Adam; the
+    u-μP parameter groups come from our AdamW, so ``zero_force_ds_cpu_optimizer`` is off unless
+    a ``config`` sets it.
+    """
+
+    family = "deepspeed"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if isinstance(self.config, dict):
+            self.config.setdefault("zero_force_ds_cpu_optimizer", False)
+
+    @property
+    def _on_cuda(self) -> bool:
+        return isinstance(self.accelerator, CUDAAccelerator)
+
+    def _configure_launcher(self) -> None:
+        super()._configure_launcher()
+        # FP8 simulation must go through DeepSpeed's precision plugin (the engine owns backward).
+        plugin = self.precision_plugin
+        if isinstance(plugin, FP8SimPrecision):
+            self.precision_plugin = DeepSpeedFP8SimPrecision(plugin.base_precision)
+
+    def setup_environment(self) -> None:
+        if self._on_cuda:
+            return super().setup_environment()
+        DDPStrategy.setup_environment(self)
+
+    def setup_distributed(self) -> None:
+        if self._on_cuda:
+            return super().setup_distributed()
+        reset_seed()
+        self.set_world_ranks()
+        self._init_deepspeed_distributed()
+
+    def _setup_model_and_optimizer(self, *args: Any, **kwargs: Any):
+        with _device_rank(self.local_rank):
+            return super()._setup_model_and_optimizer(*args, **kwargs)
+
+    def _initialize_deepspeed_inference(self, *args: Any, **kwargs: Any) -> None:
+        with _device_rank(self.local_rank):
+            return super()._initialize_deepspeed_inference(*args, **kwargs)

@@ -1,0 +1,177 @@
+"""Precision plugins unit scaling makes possible, and the strategy × precision rules.
+
+- :class:`FP16NoScalePrecision`: fp16 autocast with fp32 master weights and **no loss scaler**.
+  Unit-scaled gradients sit near RMS 1, inside fp16's range, so nothing needs rescaling.
+  (Lightning's ``16-mixed`` always adds a GradScaler, and silently becomes bf16 on CPU.)
+- :class:`FP8SimPrecision`: FP8 simulation (E4M3 matmul inputs, E5M2 matmul output gradients)
+  on top of ``32-true``, ``bf16-mixed`` or ``bf16-true``.
+
+:func:`check_precision` refuses the combinations that cannot work and says why; our strategies
+call it when the Trainer is built, before any process is launched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Generator
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch.plugins.precision import (
+    DeepSpeedPrecision,
+    HalfPrecision,
+    MixedPrecision,
+    Precision,
+)
+from torch import Tensor
+
+from lit_unitscale.unit.fp8 import fp8_matmuls
+
+FP8Base = Literal["32-true", "bf16-mixed", "bf16-true"]
+
+
+class PrecisionError(ValueError):
+    """A strategy × precision combination that cannot work; the message names the reason."""
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class FP16NoScalePrecision(MixedPrecision):
+    """fp16 autocast (``torch.autocast(device, dtype=float16)``), fp32 weights and optimizer
+    state, no GradScaler.
+
+    Args:
+        device: autocast device type, ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available).
+    """
+
+    def __init__(self, device: str = "auto") -> None:
+        super().__init__("16-mixed", _resolve_device(device), scaler=None)
+        # MixedPrecision creates a GradScaler for 16-mixed; unit scaling does not need one.
+        self.scaler = None
+
+
+def _make_base(base: str, device: str) -> Precision:
+    if base == "32-true":
+        return Precision()
+    if base == "bf16-mixed":
+        return MixedPrecision("bf16-mixed", _resolve_device(device))
+    if base == "bf16-true":
+        return HalfPrecision("bf16-true")
+    raise PrecisionError(f"fp8-sim: base must be 32-true, bf16-mixed or bf16-true, got {base!r}")
+
+
+class FP8SimPrecision(Precision):
+    """FP8 simulation on every unit matmul, on top of a base precision.
+
+    Forward and backward both run inside :func:`lit_unitscale.unit.fp8.fp8_matmuls`: the
+    E5M2 gradient quantisers are recorded at forward time, and recomputed forwards (activation
+    checkpointing) happen during backward, so backward needs the context too.
+
+    Args:
+        base: precision underneath the simulation: ``32-true``, ``bf16-mixed`` or ``bf16-true``.
+        device: autocast device type for ``bf16-mixed`` (``"auto"``: CUDA when available).
+    """
+
+    def __init__(self, base: FP8Base = "32-true", device: str = "auto") -> None:
+        self.base = _make_base(base, device)
+        self.base_precision = base
+        self.precision = base
+
+    def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        return self.base.convert_module(module)
+
+    def tensor_init_context(self) -> contextlib.AbstractContextManager:
+        return self.base.tensor_init_context()
+
+    def module_init_context(self) -> contextlib.AbstractContextManager:
+        return self.base.module_init_context()
+
+    def convert_input(self, data: Any) -> Any:
+        return self.base.convert_input(data)
+
+    def convert_output(self, data: Any) -> Any:
+        return self.base.convert_output(data)
+
+    @contextlib.contextmanager
+    def forward_context(self) -> Generator[None, None, None]:
+        with self.base.forward_context(), fp8_matmuls():
+            yield
+
+    def pre_backward(self, tensor: Tensor, module: Any) -> Tensor:
+        return self.base.pre_backward(tensor, module)
+
+    def backward(self, tensor: Tensor, model: Any, optimizer: Any, *args: Any, **kwargs: Any):
+        with fp8_matmuls():
+            return self.base.backward(tensor, model, optimizer, *args, **kwargs)
+
+    def optimizer_step(self, optimizer: Any, model: Any, closure: Any, **kwargs: Any) -> Any:
+        return self.base.optimizer_step(optimizer, model, closure, **kwargs)
+
+    def clip_gradients(self, *args: Any, **kwargs: Any) -> None:
+        return self.base.clip_gradients(*args, **kwargs)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.base.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.base.load_state_dict(state_dict)
+
+
+class DeepSpeedFP8SimPrecision(DeepSpeedPrecision):
+    """:class:`FP8SimPrecision` for DeepSpeed, whose engine owns backward and the step.
+
+    Args:
+        base: DeepSpeed precision underneath: ``32-true``, ``bf16-mixed`` or ``bf16-true``.
+    """
+
+    def __init__(self, base: FP8Base = "32-true") -> None:
+        super().__init__(base)
+
+    @contextlib.contextmanager
+    def forward_context(self) -> Generator[None, None, None]:
+        with super().forward_context(), fp8_matmuls():
+            yield
+
+    def backward(self, tensor: Tensor, model: Any, optimizer: Any, *args: Any, **kwargs: Any):
+        with fp8_matmuls():
+            return super().backward(tensor, model, optimizer, *args, **kwargs)
+
+
+def check_precision(strategy_name: str, plugin: Precision, accelerator: str) -> None:
+    """Raise :class:`PrecisionError` for a combination that cannot work.
+
+    Args:
+        strategy_name: ``ddp``, ``fsdp2`` or ``deepspeed`` (the family of the strategy).
+        plugin: the precision plugin the Trainer resolved.
+        accelerator: ``cpu`` or ``gpu``/``cuda``.
+    """
+    precision = getattr(plugin, "precision", "32-true")
+    if isinstance(plugin, FP16NoScalePrecision) and strategy_name == "deepspeed":
+        raise PrecisionError(
+            "fp16-noscale cannot run under DeepSpeed: DeepSpeed keeps fp16 weights and drives its "
+            "own loss scaler instead of autocast. Use bf16-mixed with DeepSpeed, fp16-noscale with "
+            "ddp or fsdp, or on GPUs Lightning's precision=16-mixed with the DeepSpeed strategy's "
+            "loss_scale: 1.0 (a static scale of 1, i.e. no scaling)."
+        )
+    if precision == "16-true" and not isinstance(plugin, FP16NoScalePrecision):
+        raise PrecisionError(
+            "precision=16-true keeps the AdamW state in fp16, where eps underflows and the loss "
+            "is NaN from the second step. Use recipes/precision/fp16-noscale.yaml (fp16 autocast, "
+            "fp32 master weights, no loss scaler)."
+        )
+    if precision == "16-mixed" and accelerator == "cpu" and type(plugin) is MixedPrecision:
+        raise PrecisionError(
+            "precision=16-mixed on CPU is silently bf16 in Lightning; for real fp16 without a loss "
+            "scaler use recipes/precision/fp16-noscale.yaml."
+        )
+    if strategy_name == "deepspeed" and isinstance(plugin, FP8SimPrecision):
+        return  # swapped for DeepSpeedFP8SimPrecision by the DeepSpeed strategy
+    if strategy_name == "deepspeed" and not isinstance(plugin, DeepSpeedPrecision):
+        raise PrecisionError(
+            f"{type(plugin).__name__} cannot drive DeepSpeed: the engine owns backward and the "
+            "optimizer step. Use trainer.precision (32-true, bf16-mixed, bf16-true) or fp8-sim."
+        )

@@ -1,0 +1,184 @@
+"""Resumable data order: a seeded, rank-aware sampler whose epoch and position go into the
+checkpoint, so a resumed run sees exactly the batches an uninterrupted one would.
+
+Lightning swaps in a ``DistributedSampler`` when there are several processes (and keeps the
+loader's ``RandomSampler`` otherwise); neither remembers where it stopped, so a run resumed
+mid-epoch starts the epoch again, and after an epoch boundary the permutation differs.
+:class:`ResumableSampling` gives the data module's training loader a :class:`ResumableSampler`
+(the same global order on any process count: the global batch of step ``s`` holds the same
+examples whether it is split over 1 or W processes) and saves ``(epoch, batches consumed)`` with
+the checkpoint; on resume the sampler starts at that epoch and position. It works for any
+map-style dataset whose loader uses the default batch sampler; other loaders are left alone.
+
+It also stores the run's tokenizer (``tokenizer.json`` text) in the checkpoint, when the data
+module has a ``tokenizer_file``, so a checkpoint can be exported on its own.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data.distributed import DistributedSampler
+
+
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler``'s order (``randperm`` seeded by ``seed + epoch``, padded to a
+    multiple of ``num_replicas``, dealt round-robin) with a start offset for resuming.
+
+    With one replica it is the plain seeded permutation. Being a ``DistributedSampler``,
+    Lightning keeps it instead of injecting its own.
+
+    Args:
+        dataset: the map-style dataset.
+        num_replicas: data-parallel processes.
+        rank: this process's data-parallel rank.
+        shuffle: shuffle each epoch (False: dataset order).
+        seed: base seed of the shuffle.
+        epoch: epoch of the first iteration.
+        start: indices of this rank's order to skip in the first iteration.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+        epoch: int = 0,
+        start: int = 0,
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self.epoch = epoch
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        n = len(self.dataset)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=generator).tolist()
+        else:
+            order = list(range(n))
+        order = (order * math.ceil(self.total_size / max(n, 1)))[: self.total_size]
+        mine = order[self.rank : self.total_size : self.num_replicas]
+        start, self.start = self.start, 0
+        return iter(mine[start:])
+
+
+def _shuffles(sampler: Any) -> bool | None:
+    if isinstance(sampler, RandomSampler):
+        return True
+    if isinstance(sampler, DistributedSampler):
+        return bool(sampler.shuffle)
+    if isinstance(sampler, SequentialSampler):
+        return False
+    return None
+
+
+class ResumableSampling(Callback):
+    """Make the training data order resumable (see the module docstring).
+
+    The data module's ``train_dataloader`` is wrapped for the duration of the fit: the loader
+    it returns is rebuilt around a :class:`ResumableSampler` that starts where the checkpoint
+    being resumed stopped.
+
+    Args:
+        seed: shuffle seed; None takes the data module's ``seed`` attribute, else the global
+            seed (``seed_everything``).
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.seed = seed
+        self.epoch = 0
+        self.consumed = 0
+        self._original: Callable[[], Any] | None = None
+
+    # -- state saved in the checkpoint -----------------------------------------------------
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "consumed": self.consumed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epoch = int(state_dict.get("epoch", 0))
+        self.consumed = int(state_dict.get("consumed", 0))
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        path = getattr(trainer.datamodule, "tokenizer_file", None) if trainer.datamodule else None
+        if path is not None and Path(path).is_file():
+            checkpoint["tokenizer"] = Path(path).read_text()
+
+    # -- loader wrapping -------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        if stage != "fit" or datamodule is None or self._original is not None:
+            return
+        self._original = datamodule.train_dataloader
+        # Lightning cannot see that this loader resumes mid-epoch; its warning would mislead.
+        warnings.filterwarnings(
+            "ignore", message="You're resuming from a checkpoint that ended before"
+        )
+
+        def train_dataloader() -> Any:
+            return self._resumable(self._original(), trainer)
+
+        datamodule.train_dataloader = train_dataloader
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._original is not None and trainer.datamodule is not None:
+            del trainer.datamodule.train_dataloader  # the instance attribute set in setup
+            self._original = None
+
+    def _seed(self, trainer: L.Trainer) -> int:
+        if self.seed is not None:
+            return self.seed
+        seed = getattr(trainer.datamodule, "seed", None)
+        return int(seed) if seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    def _resumable(self, loader: Any, trainer: L.Trainer) -> Any:
+        from lightning.pytorch.trainer.states import RunningStage
+        from lightning.pytorch.utilities.data import _update_dataloader
+
+        if not isinstance(loader, DataLoader) or type(loader.batch_sampler) is not BatchSampler:
+            return loader
+        shuffle = _shuffles(loader.batch_sampler.sampler)
+        try:
+            len(loader.dataset)  # type: ignore[arg-type]
+        except TypeError:
+            return loader
+        if shuffle is None:
+            return loader
+        kwargs = trainer.strategy.distributed_sampler_kwargs if trainer.world_size > 1 else {}
+        sampler = ResumableSampler(
+            loader.dataset,
+            num_replicas=int(kwargs.get("num_replicas", 1)),
+            rank=int(kwargs.get("rank", 0)),
+            shuffle=shuffle,
+            seed=self._seed(trainer),
+            epoch=self.epoch,
+            start=self.consumed * loader.batch_sampler.batch_size,
+        )
+        return _update_dataloader(loader, sampler, mode=RunningStage.TRAINING)
+
+    # -- position tracking -----------------------------------------------------------------
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch != self.epoch:
+            self.epoch, self.consumed = trainer.current_epoch, 0
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self.consumed += 1
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A checkpoint written after the epoch resumes at the start of the next one.
+        self.epoch, self.consumed = trainer.current_epoch + 1, 0
