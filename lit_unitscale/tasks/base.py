@@ -84,9 +84,13 @@ class UnitScaledTask(L.LightningModule):
         self.model = model
         mesh = getattr(self, "device_mesh", None) if self._trainer is not None else None
         if mesh is not None:
-            from lit_unitscale.strategies.fsdp2 import shard_model
+            # The strategy applies its own parallelism (FSDP2Strategy: its recipe options).
+            parallelize = getattr(self.trainer.strategy, "parallelize", None)
+            if parallelize is None:
+                from lit_unitscale.strategies.fsdp2 import shard_model
 
-            shard_model(self.model, mesh)
+                parallelize = shard_model
+            parallelize(self.model, mesh)
         if self.hparams.compile:
             self.model.compile()
 
@@ -97,6 +101,12 @@ class UnitScaledTask(L.LightningModule):
                 world_size=self.trainer.world_size,
                 accumulation=self.trainer.accumulate_grad_batches,
             )
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        # Resumable data order (sampler epoch and position in checkpoints) for every task.
+        from lit_unitscale.strategies.resume import ResumableSampling
+
+        return [ResumableSampling()]
 
     def teardown(self, stage: str) -> None:
         global_batch.set_data_parallel(1, 1)
