@@ -19,6 +19,12 @@ class BaseDataModule(LightningDataModule):
     Every step it takes is cached on disk under a file lock, so all DDP ranks may run it."""
 
     def __init__(self, batch_size: int, num_workers: int, seed: int) -> None:
+        """
+        Args:
+            batch_size: Examples per batch on each process.
+            num_workers: DataLoader worker processes.
+            seed: Seed of the training shuffle order (and of any random masking).
+        """
         super().__init__()
         self.batch_size = batch_size
         self.num_workers = num_workers

@@ -78,7 +78,8 @@ class CausalLMData(TokenizedDataModule):
             vocab_size: Vocabulary size. word: keep the most frequent words (default: all
                 training words); bpe: size to train (default 8192).
             tokenizer_path: A tokenizer.json to use instead of training one (e.g. from a
-                pretraining run).
+                pretraining run). Lines end with `<eos>` if it is word-level, else with the
+                tokens of a line break.
             seq_len: Tokens per example (T).
             batch_size: Examples per batch on each process.
             max_train_tokens: Keep only the first this many training tokens (tiny runs).
