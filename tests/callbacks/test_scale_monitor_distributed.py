@@ -1,0 +1,56 @@
+"""ScaleMonitor under 2-process DDP and FSDP2 (CPU, gloo) reports the values one process
+reports on the same global batch: activations are reduced over the batch slices, sharded
+weights, gradients and updates over their shards."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .dist_fit import main as fit
+
+SCRIPT = Path(__file__).with_name("dist_fit.py")
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "scales.jsonl").read_text().splitlines()]
+
+
+def _assert_same(single: list[dict], other: list[dict]) -> None:
+    assert [r["step"] for r in other] == [r["step"] for r in single] == [0, 1]
+    for a, b in zip(single, other, strict=True):
+        assert a["layers"].keys() == b["layers"].keys()
+        for layer, tensors in a["layers"].items():
+            assert tensors.keys() == b["layers"][layer].keys()
+            for tensor, values in tensors.items():
+                got = b["layers"][layer][tensor]
+                where = f"step {a['step']} {layer}/{tensor}"
+                assert got["rms"] == pytest.approx(values["rms"], rel=1e-5), where
+                for stat, value in values.items():
+                    assert got[stat] == pytest.approx(value, rel=1e-5, abs=1e-6), (where, stat)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("single")
+    fit("single", str(out))
+    return _records(out)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
+def test_two_processes_match_one(mode, single, tmp_path):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), mode, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_same(single, _records(tmp_path))
