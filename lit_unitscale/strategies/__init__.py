@@ -5,6 +5,7 @@ from lit_unitscale.strategies.ddp import DDPStrategy
 from lit_unitscale.strategies.deepspeed import DeepSpeedStrategy
 from lit_unitscale.strategies.fsdp2 import FSDP2Strategy, shard_model
 from lit_unitscale.strategies.precision import (
+    DeepSpeedAccumulationPrecision,
     DeepSpeedFP8SimPrecision,
     FP8SimPrecision,
     FP16NoScalePrecision,
@@ -15,6 +16,7 @@ from lit_unitscale.strategies.resume import ResumableSampler, ResumableSampling
 from lit_unitscale.strategies.topology import TopologyError, check_slurm_topology
 
 __all__ = [
+    "DeepSpeedAccumulationPrecision",
     "DDPStrategy",
     "DeepSpeedFP8SimPrecision",
     "DeepSpeedStrategy",

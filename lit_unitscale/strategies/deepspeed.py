@@ -8,6 +8,9 @@ with gloo; three things stand in the way, and this subclass changes only those:
 3. ``deepspeed.initialize`` is given ``device_rank=root_device.index``, which is None on CPU:
    we pass the local rank.
 
+On every device, gradient accumulation is fixed: Lightning divides the loss by the accumulation
+count and DeepSpeed divides it again (see :class:`DeepSpeedAccumulationPrecision`).
+
 On GPUs the behaviour is Lightning's, unchanged.
 """
 
@@ -19,11 +22,16 @@ from typing import Any
 
 from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.accelerators import CUDAAccelerator
+from lightning.pytorch.plugins.precision import DeepSpeedPrecision
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.strategies import DeepSpeedStrategy as _LightningDeepSpeed
 
 from lit_unitscale.strategies.checks import CheckedStrategy
-from lit_unitscale.strategies.precision import DeepSpeedFP8SimPrecision, FP8SimPrecision
+from lit_unitscale.strategies.precision import (
+    DeepSpeedAccumulationPrecision,
+    DeepSpeedFP8SimPrecision,
+    FP8SimPrecision,
+)
 
 
 @contextlib.contextmanager
@@ -70,9 +78,12 @@ class DeepSpeedStrategy(CheckedStrategy, _LightningDeepSpeed):
     def _configure_launcher(self) -> None:
         super()._configure_launcher()
         # FP8 simulation must go through DeepSpeed's precision plugin (the engine owns backward).
+        # Lightning's own DeepSpeed precision divides the loss by the accumulation count twice.
         plugin = self.precision_plugin
         if isinstance(plugin, FP8SimPrecision):
             self.precision_plugin = DeepSpeedFP8SimPrecision(plugin.base_precision)
+        elif type(plugin) is DeepSpeedPrecision:
+            self.precision_plugin = DeepSpeedAccumulationPrecision(plugin.precision)
 
     def setup_environment(self) -> None:
         if self._on_cuda:

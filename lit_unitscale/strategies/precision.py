@@ -121,7 +121,24 @@ class FP8SimPrecision(Precision):
         self.base.load_state_dict(state_dict)
 
 
-class DeepSpeedFP8SimPrecision(DeepSpeedPrecision):
+class DeepSpeedAccumulationPrecision(DeepSpeedPrecision):
+    """Lightning's DeepSpeed precision, with the loss divided by the accumulation count once.
+
+    Lightning already divides each micro-batch loss by ``accumulate_grad_batches``; DeepSpeed's
+    ``engine.backward`` divides by ``gradient_accumulation_steps`` again, so with k > 1 the
+    optimizer would see gradients k times too small (Adam hides it; the u-μP gradient RMS, SGD
+    and gradient clipping do not). Backward here asks DeepSpeed not to rescale.
+
+    Args:
+        precision: ``32-true``, ``bf16-mixed``, ``bf16-true``, ``16-mixed`` or ``16-true``.
+    """
+
+    def backward(self, tensor: Tensor, model: Any, optimizer: Any, *args: Any, **kwargs: Any):
+        kwargs.setdefault("scale_wrt_gas", False)
+        return super().backward(tensor, model, optimizer, *args, **kwargs)
+
+
+class DeepSpeedFP8SimPrecision(DeepSpeedAccumulationPrecision):
     """:class:`FP8SimPrecision` for DeepSpeed, whose engine owns backward and the step.
 
     Args:
