@@ -180,11 +180,6 @@ def check_precision(strategy_name: str, plugin: Precision, accelerator: str) -> 
             "is NaN from the second step. Use recipes/precision/fp16-noscale.yaml (fp16 autocast, "
             "fp32 master weights, no loss scaler)."
         )
-    if precision == "16-mixed" and accelerator == "cpu" and type(plugin) is MixedPrecision:
-        raise PrecisionError(
-            "precision=16-mixed on CPU is silently bf16 in Lightning; for real fp16 without a loss "
-            "scaler use recipes/precision/fp16-noscale.yaml."
-        )
     if strategy_name == "deepspeed" and isinstance(plugin, FP8SimPrecision):
         return  # swapped for DeepSpeedFP8SimPrecision by the DeepSpeed strategy
     if strategy_name == "deepspeed" and not isinstance(plugin, DeepSpeedPrecision):

@@ -1,0 +1,219 @@
+"""Every strategy trains the tiny recipe exactly like one process on the same global batch.
+
+One single-process worker and one 2-process (gloo) worker group run all jobs (see
+``_worker.py``); the tests read what they recorded. Global batch 16 sequences of 16 tokens:
+one process with batch 16, or 2 processes × batch 4 × 2 accumulated micro-batches.
+
+Tolerances (fp32): per-step loss (mean over ranks and micro-batches) within 5e-6 of the
+single-process loss (measured ≤ 1e-6); every parameter's full gradient RMS, as the optimizer
+sees it, within 1e-5 relative (measured ≤ 2e-7); resumed runs equal the uninterrupted run
+bit for bit.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).with_name("_worker.py")
+K2 = {"trainer.accumulate_grad_batches": 2, "data.init_args.batch_size": 4}
+STEPS = 7  # 5 optimizer steps per epoch: the resumed part crosses an epoch boundary
+SAVE = 3
+
+SINGLE_JOBS = [
+    {"name": "ref", "save_every": SAVE, "set": {"trainer.max_steps": STEPS}},
+    {"name": "ref_resume", "set": {"trainer.max_steps": STEPS}, "resume": "ref"},
+]
+
+
+def _main(name: str, overlay: str, resume: bool = True, steps: int = STEPS) -> list[dict]:
+    job = {"name": name, "overlays": [overlay], "set": {"trainer.max_steps": steps, **K2}}
+    if not resume:
+        return [job]
+    job["save_every"] = SAVE
+    return [job, {**job, "name": f"{name}_resume", "save_every": 0, "resume": name}]
+
+
+def _precision(name: str, strategy: str, precision: str, **extra: object) -> dict:
+    return {
+        "name": name,
+        "overlays": [f"recipes/strategy/{strategy}.yaml", f"recipes/precision/{precision}.yaml"],
+        "set": {"trainer.max_steps": 3, "data.init_args.batch_size": 8, **extra},
+    }
+
+
+TWO_JOBS = [
+    *_main("ddp", "recipes/strategy/ddp.yaml"),
+    *_main("fsdp2", "recipes/strategy/fsdp.yaml"),
+    *_main("zero2", "recipes/strategy/deepspeed-zero2.yaml", resume=False, steps=4),
+    *_main("zero3", "recipes/strategy/deepspeed-zero3.yaml"),
+    _precision("ddp-fp16-noscale", "ddp", "fp16-noscale"),
+    _precision("ddp-fp8-sim", "ddp", "fp8-sim"),
+    _precision(
+        "fsdp2-bf16-mixed-policy",
+        "fsdp",
+        "bf16-mixed",
+        **{"trainer.strategy.init_args.param_dtype": "bfloat16"},
+        **{"trainer.strategy.init_args.reduce_dtype": "float32"},
+    ),
+    _precision(
+        "fsdp2-fp8-sim-bf16-checkpointed",
+        "fsdp",
+        "fp8-sim",
+        **{"trainer.plugins.init_args.base": "bf16-mixed"},
+        **{"trainer.strategy.init_args.activation_checkpointing": "true"},
+    ),
+    _precision("zero2-bf16-mixed", "deepspeed-zero2", "bf16-mixed"),
+    _precision("zero3-fp8-sim", "deepspeed-zero3", "fp8-sim"),
+    {
+        "name": "zero3-offload-fp32",
+        "overlays": ["recipes/strategy/deepspeed-zero3-offload.yaml"],
+        "set": {"trainer.max_steps": 3, "data.init_args.batch_size": 8},
+    },
+]
+PRECISION_PLUGINS = {
+    "ddp-fp16-noscale": "FP16NoScalePrecision",
+    "ddp-fp8-sim": "FP8SimPrecision",
+    "fsdp2-bf16-mixed-policy": "MixedPrecision",
+    "fsdp2-fp8-sim-bf16-checkpointed": "FP8SimPrecision",
+    "zero2-bf16-mixed": "DeepSpeedAccumulationPrecision",
+    "zero3-fp8-sim": "DeepSpeedFP8SimPrecision",
+    "zero3-offload-fp32": "DeepSpeedAccumulationPrecision",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_jobs(jobs: list[dict], out: Path) -> Path:
+    for job in jobs:
+        if job.get("resume"):
+            job["resume"] = str(out / job["resume"] / "ckpt" / f"step={SAVE}.ckpt")
+    path = out / "jobs.json"
+    path.write_text(json.dumps(jobs))
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
+    """Run both worker groups at once; returns job name -> per-rank records."""
+    base = tmp_path_factory.mktemp("strategies")
+    env = dict(os.environ)
+    env["LIT_UNITSCALE_CACHE"] = str(base / "cache")
+    env.setdefault(
+        "TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache/lit_unitscale/torch_extensions")
+    )
+    env.pop("SLURM_NTASKS", None)
+    single, two = base / "single", base / "two"
+    single.mkdir()
+    two.mkdir()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), str(_write_jobs(SINGLE_JOBS, single)), str(single)],
+            env=env,
+            stdout=(single / "log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
+    ]
+    port = str(_free_port())
+    jobs = _write_jobs([dict(j) for j in TWO_JOBS], two)
+    for rank in (0, 1):
+        rank_env = {
+            **env,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "WORLD_SIZE": "2",
+            "NODE_RANK": "0",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(WORKER), str(jobs), str(two)],
+                env=rank_env,
+                stdout=(two / f"log{rank}").open("w"),
+                stderr=subprocess.STDOUT,
+            )
+        )
+    for proc in procs:
+        proc.wait(timeout=900)
+    records: dict[str, list[dict]] = {}
+    for folder, ranks in ((single, (0,)), (two, (0, 1))):
+        for job in json.loads((folder / "jobs.json").read_text()):
+            records[job["name"]] = [
+                json.loads((folder / f"{job['name']}.rank{r}.json").read_text()) for r in ranks
+            ]
+    return records
+
+
+def _ok(records: list[dict]) -> list[dict]:
+    for record in records:
+        assert "error" not in record, record["error"]
+    return records
+
+
+def _step_losses(records: list[dict]) -> dict[int, float]:
+    """Loss per optimizer step: mean over ranks and micro-batches (equal token counts)."""
+    per_step = collections.defaultdict(list)
+    for record in records:
+        for step, loss in record["losses"]:
+            per_step[step].append(loss)
+    return {step: sum(v) / len(v) for step, v in sorted(per_step.items())}
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2", "zero2", "zero3"])
+def test_same_losses_and_gradient_rms_as_one_process(runs, strategy: str) -> None:
+    ref = _ok(runs["ref"])
+    two = _ok(runs[strategy])
+    assert two[0]["world_size"] == 2
+    ref_losses, losses = _step_losses(ref), _step_losses(two)
+    assert len(losses) == (4 if strategy == "zero2" else STEPS)
+    for step, loss in losses.items():
+        assert loss == pytest.approx(ref_losses[step], abs=5e-6), step
+    # The u-μP weight-gradient scale counts the global batch (W=2, k=2): the optimizer sees
+    # the single-process gradient, not one sqrt(W·k) or k times off.
+    ref_rms = {g["step"]: g["rms"] for g in ref[0]["grads"]}
+    for record in two:
+        assert len(record["grads"]) == len(losses)
+        for grads in record["grads"]:
+            expected = ref_rms[grads["step"]]
+            assert set(grads["rms"]) == set(expected)
+            for name, rms in grads["rms"].items():
+                assert rms == pytest.approx(expected[name], rel=1e-5), (grads["step"], name)
+
+
+@pytest.mark.parametrize("strategy", ["ref", "ddp", "fsdp2", "zero3"])
+def test_resume_continues_exactly_with_the_same_batches(runs, strategy: str) -> None:
+    full, resumed = _ok(runs[strategy]), _ok(runs[f"{strategy}_resume"])
+    for whole, part in zip(full, resumed, strict=True):
+        assert part["losses"], "the resumed run trained nothing"
+        assert part["losses"][0][0] == SAVE
+        assert part["losses"] == [x for x in whole["losses"] if x[0] >= SAVE]
+        assert part["global_step"] == whole["global_step"] == STEPS
+
+
+@pytest.mark.parametrize("name", list(PRECISION_PLUGINS))
+def test_precision_strategy_combinations_train(runs, name: str) -> None:
+    records = _ok(runs[name])
+    ref_first = _step_losses(runs["ref"])[0]
+    for record in records:
+        assert record["precision"] == PRECISION_PLUGINS[name]
+        assert record["global_step"] == 3
+        assert all(math.isfinite(loss) for _, loss in record["losses"])
+    losses = _step_losses(records)
+    # Before the first update only rounding separates them from fp32.
+    assert losses[0] == pytest.approx(ref_first, rel=0.02)
