@@ -1,0 +1,161 @@
+"""Sequence classification (sentiment) and token classification (NER) on a unit-scaled encoder,
+from scratch or fine-tuned from a masked-LM checkpoint (see :mod:`.finetune`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from lit_unitscale.metrics import SpanF1
+from lit_unitscale.tasks.finetune import EncoderTask
+
+
+class SequenceClassifier(EncoderTask):
+    """One label per sequence; reports loss, accuracy and macro F1.
+
+    Batches: ``{"input_ids", "attention_mask", "labels": (B,)}``.
+    """
+
+    architecture = "SequenceClassifier"
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        if not hasattr(self, "val_acc"):
+            n = self.config.num_labels
+            for split in ("val", "test"):
+                setattr(self, f"{split}_loss", MeanMetric())
+                setattr(self, f"{split}_acc", MulticlassAccuracy(n, average="micro"))
+                setattr(self, f"{split}_f1", MulticlassF1Score(n, average="macro"))
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return self.model(input_ids, attention_mask)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        logits = self.model(batch["input_ids"], batch["attention_mask"])
+        loss = self.model.loss(logits, batch["labels"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
+        return loss
+
+    def _eval(self, batch: dict[str, Tensor], split: str) -> None:
+        logits = self.model(batch["input_ids"], batch["attention_mask"])
+        labels = batch["labels"]
+        getattr(self, f"{split}_loss").update(self.model.loss(logits, labels), len(labels))
+        preds = logits.argmax(-1)
+        getattr(self, f"{split}_acc").update(preds, labels)
+        getattr(self, f"{split}_f1").update(preds, labels)
+
+    def _log_split(self, split: str) -> None:
+        # torchmetrics' compute() reduces across processes; the values are then global.
+        metrics = {}
+        for name in ("loss", "acc", "f1"):
+            metric = getattr(self, f"{split}_{name}")
+            metrics[f"{split}/{name}"] = metric.compute()
+            metric.reset()
+        self.log_dict(metrics, prog_bar=split == "val", sync_dist=False)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_split("val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_split("test")
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
+        """Predicted class ids and probabilities (and label names when the data has them)."""
+        probs = self.model(batch["input_ids"], batch["attention_mask"]).float().softmax(-1)
+        out: dict[str, Any] = {"predictions": probs.argmax(-1), "probabilities": probs}
+        names = self._label_names()
+        if names is not None:
+            out["labels"] = [names[i] for i in out["predictions"].tolist()]
+        return out
+
+    def _label_names(self) -> list[str] | None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        return getattr(dm, "label_names", None)
+
+
+class TokenClassifier(EncoderTask):
+    """One tag per word (the first sub-word carries it); reports loss and seqeval-style
+    entity-span precision/recall/F1 (micro and per type) from the data's BIO tag names.
+
+    Batches: ``{"input_ids", "attention_mask", "labels": (B, T)}`` with -100 on sub-words that
+    are not scored.
+    """
+
+    architecture = "TokenClassifier"
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        if not hasattr(self, "val_spans"):
+            tags = self._tag_names()
+            for split in ("val", "test"):
+                setattr(self, f"{split}_loss", MeanMetric())
+                setattr(self, f"{split}_spans", SpanF1.from_tags(tags))
+
+    def _tag_names(self) -> list[str]:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        names = getattr(dm, "label_names", None)
+        if names is None:  # no data module: tags by index, no entity types
+            names = [str(i) for i in range(self.config.num_labels)]
+        return list(names)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return self.model(input_ids, attention_mask)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        logits = self.model(batch["input_ids"], batch["attention_mask"])
+        loss = self.model.loss(logits, batch["labels"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
+        return loss
+
+    def _word_tags(self, preds: Tensor, labels: Tensor) -> tuple[list, list]:
+        names = self._tag_names()
+        pred_tags, gold_tags = [], []
+        for p_row, l_row in zip(preds.tolist(), labels.tolist(), strict=True):
+            scored = [(p, g) for p, g in zip(p_row, l_row, strict=True) if g != -100]
+            pred_tags.append([names[p] for p, _ in scored])
+            gold_tags.append([names[g] for _, g in scored])
+        return pred_tags, gold_tags
+
+    def _eval(self, batch: dict[str, Tensor], split: str) -> None:
+        logits = self.model(batch["input_ids"], batch["attention_mask"])
+        labels = batch["labels"]
+        tokens = int((labels != -100).sum())
+        getattr(self, f"{split}_loss").update(self.model.loss(logits, labels), max(tokens, 1))
+        getattr(self, f"{split}_spans").update(*self._word_tags(logits.argmax(-1), labels))
+
+    def _log_split(self, split: str) -> None:
+        spans = getattr(self, f"{split}_spans")
+        values = spans.compute()
+        metrics = {f"{split}/loss": getattr(self, f"{split}_loss").compute()}
+        metrics.update({f"{split}/{k}": v for k, v in values.items() if k != "f1"})
+        self.log_dict(metrics, sync_dist=False)
+        self.log(f"{split}/f1", values["f1"], prog_bar=split == "val", sync_dist=False)
+        spans.reset()
+        getattr(self, f"{split}_loss").reset()
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_split("val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_split("test")
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
+        """Predicted tag names per scored word, beside the gold tags."""
+        logits = self.model(batch["input_ids"], batch["attention_mask"])
+        pred_tags, gold_tags = self._word_tags(logits.argmax(-1), batch["labels"])
+        return {"tags": pred_tags, "gold": gold_tags}

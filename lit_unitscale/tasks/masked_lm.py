@@ -1,0 +1,98 @@
+"""Masked language modelling (BERT-like encoders): the pretraining that fine-tuning loads."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from lit_unitscale.tasks.base import UnitScaledTask
+from lit_unitscale.tasks.common import PredictOnTestSplit
+
+
+class MaskedLM(PredictOnTestSplit, UnitScaledTask):
+    """Predict masked tokens with a unit-scaled encoder; reports loss, perplexity and accuracy
+    over the masked positions.
+
+    Batches: ``{"input_ids", "attention_mask", "labels"}`` (labels -100 where not masked). The
+    run's ``tokenizer.json`` is copied to the trainer's ``default_root_dir`` and carried in
+    checkpoints, so fine-tuning recipes point their data at it.
+    """
+
+    architecture = "EncoderMLM"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.val_nll, self.val_acc = MeanMetric(), MeanMetric()
+        self.test_nll, self.test_acc = MeanMetric(), MeanMetric()
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return self.model(input_ids, attention_mask)
+
+    def _step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, int]:
+        logits = self.model(batch["input_ids"], batch["attention_mask"])
+        labels = batch["labels"]
+        loss = self.model.loss(logits, labels)
+        masked = labels != -100
+        correct = (logits.argmax(-1) == labels) & masked
+        tokens = int(masked.sum())
+        return loss, correct.sum().float() / max(tokens, 1), tokens
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss, _, _ = self._step(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def _eval(self, batch: dict[str, Tensor], nll: MeanMetric, acc: MeanMetric) -> None:
+        loss, accuracy, tokens = self._step(batch)
+        if tokens:
+            nll.update(loss.detach(), weight=tokens)
+            acc.update(accuracy, weight=tokens)
+
+    def _log_split(self, split: str, nll: MeanMetric, acc: MeanMetric) -> None:
+        value = nll.compute()
+        metrics = {f"{split}/loss": value, f"{split}/ppl": torch.exp(value)}
+        metrics[f"{split}/acc"] = acc.compute()
+        self.log_dict(metrics, prog_bar=split == "val", sync_dist=False)
+        nll.reset()
+        acc.reset()
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval(batch, self.val_nll, self.val_acc)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_split("val", self.val_nll, self.val_acc)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval(batch, self.test_nll, self.test_acc)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_split("test", self.test_nll, self.test_acc)
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """The most likely token at every position, and the labels it is scored against."""
+        logits = self.model(batch["input_ids"], batch["attention_mask"])
+        return {"predictions": logits.argmax(-1), "labels": batch["labels"]}
+
+    # -- the tokenizer travels with the run --------------------------------------------------
+    def _tokenizer_file(self) -> Path | None:
+        dm = getattr(self.trainer, "datamodule", None)
+        path = getattr(dm, "tokenizer_file", None)
+        return Path(path) if path is not None and Path(path).is_file() else None
+
+    def on_fit_start(self) -> None:
+        path = self._tokenizer_file()
+        if path is not None and self.trainer.is_global_zero:
+            root = Path(self.trainer.default_root_dir)
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, root / "tokenizer.json")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        path = self._tokenizer_file()
+        if path is not None and "tokenizer" not in checkpoint:
+            checkpoint["tokenizer"] = path.read_text()

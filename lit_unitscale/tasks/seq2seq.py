@@ -1,0 +1,182 @@
+"""Sequence-to-sequence (encoder-decoder) tasks such as grapheme-to-phoneme conversion."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from lit_unitscale.metrics import G2PErrorRates
+from lit_unitscale.tasks.base import UnitScaledTask
+from lit_unitscale.tasks.common import PredictOnTestSplit
+from lit_unitscale.tasks.decoding import beam_search, greedy_decode
+
+
+class Seq2Seq(PredictOnTestSplit, UnitScaledTask):
+    """Teacher-forced training of an encoder-decoder; greedy or beam-search decoding.
+
+    Validation and test report the teacher-forced loss and perplexity, and the word and
+    phoneme (symbol) error rates of decoded outputs, where a word is right if it matches any
+    of ``datamodule.references(split, ref_index)`` (or the batch's labels when the data module
+    has no references). ``predict`` decodes with beam search.
+
+    Batches: ``{"input_ids", "attention_mask", "decoder_input_ids", "labels"}`` and optionally
+    ``"ref_index"``; the data module provides ``bos_id``, ``eos_id`` and ``pad_id``.
+    """
+
+    architecture = "Seq2SeqLM"
+
+    def __init__(
+        self,
+        *args: Any,
+        max_decode_len: int = 32,
+        beam_size: int = 4,
+        eval_beam_size: int = 1,
+        length_penalty: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            max_decode_len: most target tokens decoded per sequence (``<eos>`` included); also
+                the width every decoding step runs at, so keep it near the training targets'
+                padded length.
+            beam_size: beams for ``predict`` and ``test``.
+            eval_beam_size: beams for validation (1: greedy, the fastest).
+            length_penalty: exponent of the length normalisation of finished beams (0: none).
+        """
+        super().__init__(*args, **kwargs)
+        if beam_size < 1 or eval_beam_size < 1:
+            raise ValueError("beam sizes must be >= 1")
+        self.max_decode_len = max_decode_len
+        self.beam_size = beam_size
+        self.eval_beam_size = eval_beam_size
+        self.length_penalty = length_penalty
+        self.val_nll, self.test_nll = MeanMetric(), MeanMetric()
+        self.val_rates, self.test_rates = G2PErrorRates(), G2PErrorRates()
+
+    def forward(
+        self, input_ids: Tensor, decoder_input_ids: Tensor, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        return self.model(input_ids, decoder_input_ids, attention_mask)
+
+    def _loss(self, batch: dict[str, Tensor]) -> Tensor:
+        logits = self.model(batch["input_ids"], batch["decoder_input_ids"], batch["attention_mask"])
+        return self.model.loss(logits, batch["labels"])
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    # -- decoding ----------------------------------------------------------------------------
+    def _special(self, name: str, default: int) -> int:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        return int(getattr(dm, name, default))
+
+    @torch.no_grad()
+    def decode(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, beam_size: int = 1
+    ) -> Tensor:
+        """Decoded target ids ``(batch, <= max_decode_len)``, ``<eos>`` kept, then padding.
+
+        Args:
+            input_ids: source ids ``(batch, S)``.
+            attention_mask: source mask (True = real token).
+            beam_size: 1 for greedy, else beam search with this many beams.
+        """
+        bos, eos, pad = (
+            self._special(n, d) for n, d in (("bos_id", 2), ("eos_id", 3), ("pad_id", 0))
+        )
+        memory = self.model.encode(input_ids, attention_mask)
+        B = input_ids.shape[0]
+        if beam_size > 1:
+            memory = memory.repeat_interleave(beam_size, dim=0)
+            if attention_mask is not None:
+                attention_mask = attention_mask.repeat_interleave(beam_size, dim=0)
+
+        # Under umup the causal attention scale depends on the sequence length, so every step
+        # runs the decoder on prefixes padded to one fixed width (causal: the padding is never
+        # attended) rather than on growing prefixes (a 1-token prefix has no defined scale).
+        width = self.max_decode_len
+
+        def step(prefix: Tensor) -> Tensor:
+            t = prefix.shape[1]
+            padded = torch.nn.functional.pad(prefix, (0, width - t), value=pad).to(memory.device)
+            return self.model.decode_logits(padded, memory, attention_mask)[:, t - 1].cpu()
+
+        if beam_size == 1:
+            return greedy_decode(step, B, bos, eos, pad, self.max_decode_len)
+        ids, _ = beam_search(
+            step, B, bos, eos, pad, self.max_decode_len, beam_size, self.length_penalty
+        )
+        return ids
+
+    def _strip(self, ids: Tensor) -> list[list[int]]:
+        eos, pad, bos = (
+            self._special("eos_id", 3),
+            self._special("pad_id", 0),
+            self._special("bos_id", 2),
+        )
+        out = []
+        for row in ids.tolist():
+            seq = []
+            for i in row:
+                if i == eos:
+                    break
+                if i not in (pad, bos):
+                    seq.append(i)
+            out.append(seq)
+        return out
+
+    def _references(self, batch: dict[str, Tensor], split: str) -> list[list[list[int]]]:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "references") and "ref_index" in batch:
+            name = "valid" if split == "val" else split
+            return [dm.references(name, int(i)) for i in batch["ref_index"].tolist()]
+        labels = batch["labels"].masked_fill(batch["labels"] == -100, self._special("pad_id", 0))
+        return [[ref] for ref in self._strip(labels)]
+
+    # -- evaluation --------------------------------------------------------------------------
+    def _eval(self, batch: dict[str, Tensor], split: str, beam_size: int) -> None:
+        loss = self._loss(batch)
+        getattr(self, f"{split}_nll").update(
+            loss.detach(), weight=int((batch["labels"] != -100).sum())
+        )
+        ids = self.decode(batch["input_ids"], batch["attention_mask"], beam_size)
+        getattr(self, f"{split}_rates").update(self._strip(ids), self._references(batch, split))
+
+    def _log_split(self, split: str) -> None:
+        nll = getattr(self, f"{split}_nll")
+        rates = getattr(self, f"{split}_rates")
+        value = nll.compute()
+        metrics = {f"{split}/loss": value, f"{split}/ppl": torch.exp(value)}
+        metrics.update({f"{split}/{k}": v for k, v in rates.compute().items()})
+        self.log_dict(metrics, prog_bar=split == "val", sync_dist=False)
+        nll.reset()
+        rates.reset()
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval(batch, "val", self.eval_beam_size)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_split("val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval(batch, "test", self.beam_size)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_split("test")
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
+        """Beam-search outputs: ids, and symbols when the data module can decode them."""
+        ids = self.decode(batch["input_ids"], batch["attention_mask"], self.beam_size)
+        out: dict[str, Any] = {"ids": ids}
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "decode_phonemes"):
+            out["phonemes"] = [dm.decode_phonemes(row) for row in ids.tolist()]
+            if "ref_index" in batch and hasattr(dm, "words"):
+                words = dm.words["test"]
+                out["words"] = [words[i] for i in batch["ref_index"].tolist()]
+        return out
