@@ -87,6 +87,10 @@ class BaseDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
 
+    def predict_dataloader(self) -> DataLoader:
+        """Predictions run over the test split."""
+        return self._loader("test")
+
 
 class TokenizedDataModule(BaseDataModule):
     """A datamodule whose text goes through an HF tokenizer, trained here or loaded by path.
