@@ -9,6 +9,7 @@ from lit_unitscale.models.heads import (
     SequenceClassifier,
     TokenClassifier,
 )
+from lit_unitscale.models.io import load, save_pretrained
 from lit_unitscale.models.stack import Block, TransformerStack, branch_taus
 from lit_unitscale.models.transformer import Decoder, Encoder, EncoderDecoder
 
@@ -27,4 +28,6 @@ __all__ = [
     "TransformerConfig",
     "TransformerStack",
     "branch_taus",
+    "load",
+    "save_pretrained",
 ]

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -108,9 +109,18 @@ def _write_jobs(jobs: list[dict], out: Path) -> Path:
     return path
 
 
+class Runs(NamedTuple):
+    records: dict[str, list[dict]]
+    """Job name -> the record each rank wrote."""
+    single: Path
+    """Folder of the single-process jobs (checkpoints under ``<job>/ckpt``)."""
+    two: Path
+    """Folder of the 2-process jobs."""
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
-    """Run both worker groups at once; returns job name -> per-rank records."""
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    """Run both worker groups at once."""
     base = tmp_path_factory.mktemp("strategies")
     env = dict(os.environ)
     env["LIT_UNITSCALE_CACHE"] = str(base / "cache")
@@ -157,7 +167,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
             records[job["name"]] = [
                 json.loads((folder / f"{job['name']}.rank{r}.json").read_text()) for r in ranks
             ]
-    return records
+    return Runs(records, single, two)
 
 
 def _ok(records: list[dict]) -> list[dict]:
@@ -177,8 +187,8 @@ def _step_losses(records: list[dict]) -> dict[int, float]:
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2", "zero2", "zero3"])
 def test_same_losses_and_gradient_rms_as_one_process(runs, strategy: str) -> None:
-    ref = _ok(runs["ref"])
-    two = _ok(runs[strategy])
+    ref = _ok(runs.records["ref"])
+    two = _ok(runs.records[strategy])
     assert two[0]["world_size"] == 2
     ref_losses, losses = _step_losses(ref), _step_losses(two)
     assert len(losses) == (4 if strategy == "zero2" else STEPS)
@@ -198,7 +208,7 @@ def test_same_losses_and_gradient_rms_as_one_process(runs, strategy: str) -> Non
 
 @pytest.mark.parametrize("strategy", ["ref", "ddp", "fsdp2", "zero3"])
 def test_resume_continues_exactly_with_the_same_batches(runs, strategy: str) -> None:
-    full, resumed = _ok(runs[strategy]), _ok(runs[f"{strategy}_resume"])
+    full, resumed = _ok(runs.records[strategy]), _ok(runs.records[f"{strategy}_resume"])
     for whole, part in zip(full, resumed, strict=True):
         assert part["losses"], "the resumed run trained nothing"
         assert part["losses"][0][0] == SAVE
@@ -208,8 +218,8 @@ def test_resume_continues_exactly_with_the_same_batches(runs, strategy: str) -> 
 
 @pytest.mark.parametrize("name", list(PRECISION_PLUGINS))
 def test_precision_strategy_combinations_train(runs, name: str) -> None:
-    records = _ok(runs[name])
-    ref_first = _step_losses(runs["ref"])[0]
+    records = _ok(runs.records[name])
+    ref_first = _step_losses(runs.records["ref"])[0]
     for record in records:
         assert record["precision"] == PRECISION_PLUGINS[name]
         assert record["global_step"] == 3
@@ -217,3 +227,31 @@ def test_precision_strategy_combinations_train(runs, name: str) -> None:
     losses = _step_losses(records)
     # Before the first update only rounding separates them from fp32.
     assert losses[0] == pytest.approx(ref_first, rel=0.02)
+
+
+@pytest.mark.parametrize("strategy", ["fsdp2", "zero3"])
+def test_sharded_checkpoints_consolidate_and_export(runs, strategy: str, tmp_path: Path) -> None:
+    import torch
+
+    from lit_unitscale.models import load
+    from lit_unitscale.strategies.checkpoints import checkpoint_kind, load_checkpoint
+    from lit_unitscale.tools.export import main as export
+
+    sharded = runs.two / strategy / "ckpt" / f"step={SAVE}.ckpt"
+    assert checkpoint_kind(sharded) == ("fsdp2" if strategy == "fsdp2" else "deepspeed")
+    one_file = tmp_path / "consolidated.ckpt"
+    assert export([str(sharded), str(tmp_path / "out"), "--consolidated", str(one_file)]) == 0
+    assert (
+        export([str(runs.single / "ref" / "ckpt" / f"step={SAVE}.ckpt"), str(tmp_path / "ref")])
+        == 0
+    )
+    # The consolidated file is an ordinary weights-only checkpoint with the full weights.
+    consolidated = torch.load(one_file, weights_only=True)
+    reference = load_checkpoint(runs.single / "ref" / "ckpt" / f"step={SAVE}.ckpt")
+    for key, value in reference["state_dict"].items():
+        torch.testing.assert_close(consolidated["state_dict"][key], value, rtol=0, atol=1e-6)
+    assert (tmp_path / "out" / "tokenizer.json").read_text() == reference["tokenizer"]
+    ids = torch.randint(0, consolidated["model_config"]["vocab_size"], (2, 16))
+    torch.testing.assert_close(
+        load(tmp_path / "out")(ids), load(tmp_path / "ref")(ids), rtol=0, atol=1e-5
+    )

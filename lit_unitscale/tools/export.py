@@ -1,0 +1,106 @@
+"""Export a training checkpoint: ``python -m lit_unitscale export CKPT OUT_DIR``.
+
+CKPT is any checkpoint our strategies write: a ``.ckpt`` file (single process, DDP), an FSDP2
+folder of shards or a DeepSpeed folder; sharded ones are consolidated first. OUT_DIR receives
+
+- ``model.safetensors``: the weights;
+- ``config.json``: ``{"architecture": ..., "config": <TransformerConfig fields>}``;
+- ``tokenizer.json``: the run's tokenizer, when the checkpoint recorded one.
+
+``lit_unitscale.models.load(OUT_DIR)`` rebuilds the model. Nothing is unpickled beyond
+tensors and plain containers (``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_ERROR = 1
+
+
+def export_checkpoint(
+    checkpoint: str | Path, out_dir: str | Path, consolidated: str | Path | None = None
+) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` (+ ``tokenizer.json``) from a checkpoint.
+
+    Args:
+        checkpoint: a checkpoint file, FSDP2 folder or DeepSpeed folder.
+        out_dir: folder to write.
+        consolidated: also write the consolidated single-file checkpoint here.
+    """
+    from lit_unitscale.models import ARCHITECTURES, TransformerConfig, save_pretrained
+    from lit_unitscale.strategies.checkpoints import (
+        CheckpointError,
+        consolidate_checkpoint,
+        load_checkpoint,
+    )
+
+    if consolidated is not None:
+        consolidate_checkpoint(checkpoint, consolidated)
+        checkpoint = consolidated
+    state = load_checkpoint(checkpoint)
+    if "model_config" not in state or "architecture" not in state:
+        raise CheckpointError(
+            f"{checkpoint}: no model_config/architecture (not a lit_unitscale run)"
+        )
+    architecture = state["architecture"]
+    if architecture not in ARCHITECTURES:
+        raise CheckpointError(f"{checkpoint}: unknown architecture {architecture!r}")
+    model = ARCHITECTURES[architecture](TransformerConfig.from_dict(state["model_config"]))
+    prefix = "model."
+    weights = {
+        key[len(prefix) :]: value.float() if value.is_floating_point() else value
+        for key, value in state["state_dict"].items()
+        if key.startswith(prefix)
+    }
+    weights = {k.replace("_checkpoint_wrapped_module.", ""): v for k, v in weights.items()}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    # Tied weights appear under one name in some formats; anything else missing is an error.
+    missing = [k for k in missing if not _is_tied_alias(model, k)]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{checkpoint}: weights do not match the model (missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]})"
+        )
+    return save_pretrained(model, out_dir, tokenizer_json=state.get("tokenizer"))
+
+
+def _is_tied_alias(model, key: str) -> bool:
+    params = dict(model.named_parameters(remove_duplicate=False))
+    target = params.get(key)
+    return target is not None and any(
+        p is target for name, p in model.named_parameters() if name != key
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m lit_unitscale export``.
+
+    Args:
+        argv: arguments after ``export``.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m lit_unitscale export",
+        description="checkpoint (file, FSDP2 or DeepSpeed folder) -> model.safetensors + "
+        "config.json (+ tokenizer.json)",
+    )
+    parser.add_argument("checkpoint", help="checkpoint file or sharded checkpoint folder")
+    parser.add_argument("out_dir", help="folder to write the exported model into")
+    parser.add_argument(
+        "--consolidated",
+        default=None,
+        help="also write the consolidated single-file checkpoint to this path",
+    )
+    args = parser.parse_args(argv)
+    from lit_unitscale.models.config import ConfigError
+    from lit_unitscale.strategies.checkpoints import CheckpointError
+
+    try:
+        out = export_checkpoint(args.checkpoint, args.out_dir, args.consolidated)
+    except (CheckpointError, ConfigError, FileNotFoundError) as error:
+        print(f"export: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"exported {args.checkpoint} -> {out}")
+    return 0
