@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from lit_unitscale.errors import CheckpointMismatchError
 from lit_unitscale.models import ARCHITECTURES, TransformerConfig
 from lit_unitscale.tasks.schedule import Schedule, lr_factor
 from lit_unitscale.unit import global_batch, param_groups
@@ -53,6 +54,17 @@ class UnitScaledTask(L.LightningModule):
         self.save_hyperparameters()
         self.config = dataclasses.replace(model)
         self.model: nn.Module | None = None
+
+    def replicate(self, **overrides: Any) -> UnitScaledTask:
+        """A fresh, untrained task of the same class and hyperparameters, with ``overrides``
+        (e.g. another ``model`` config or ``lr``): what sweeps and coordinate checks train.
+
+        Args:
+            overrides: constructor arguments to change.
+        """
+        # LightningCLI records private keys such as _class_path beside the real arguments.
+        kwargs = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
+        return type(self)(**{**kwargs, **overrides})
 
     # -- model construction -------------------------------------------------------------
     def fill_config_from_data(self) -> None:
@@ -104,9 +116,12 @@ class UnitScaledTask(L.LightningModule):
 
     def configure_callbacks(self) -> list[L.Callback]:
         # Resumable data order (sampler epoch and position in checkpoints) for every task.
+        # Atomic checkpoints, clean Ctrl-C/SIGTERM, non-finite guard, unless the recipe has them.
+        from lit_unitscale.reliability import default_callbacks
         from lit_unitscale.strategies.resume import ResumableSampling
 
-        return [ResumableSampling()]
+        existing = self.trainer.callbacks if self._trainer is not None else []
+        return [ResumableSampling(), *default_callbacks(existing)]
 
     def teardown(self, stage: str) -> None:
         global_batch.set_data_parallel(1, 1)
@@ -130,8 +145,8 @@ class UnitScaledTask(L.LightningModule):
                 for k, v in saved.items()
                 if getattr(self.config, k) != v
             }
-            raise ValueError(
-                "checkpoint architecture does not match the recipe (checkpoint, recipe): "
+            raise CheckpointMismatchError(
+                "checkpoint architecture does not match the recipe (checkpoint/recipe): "
                 + ", ".join(f"{k}={a}/{b}" for k, (a, b) in diff.items())
             )
 

@@ -193,9 +193,18 @@ def linear(
         constraint, fan_in ** -scale_power[0], fan_out ** -scale_power[1]
     )
     w_s = weight_grad_scale(tokens) ** (scale_power[2] / 0.5)
-    input, weight = fp8.matmul_inputs(scale_bwd(input, in_s), scale_bwd(weight, w_s))
-    bias = scale_bwd(bias, w_s) if bias is not None else None
-    return scale_fwd(fp8.matmul_output(F.linear(input, weight, bias)), out_s)
+    if fp8.fp8_enabled():
+        # FP8 simulation quantises the unit-scaled operands themselves, so scale outside.
+        input, weight = fp8.matmul_inputs(scale_bwd(input, in_s), scale_bwd(weight, w_s))
+        bias = scale_bwd(bias, w_s) if bias is not None else None
+        return scale_fwd(fp8.matmul_output(F.linear(input, weight, bias)), out_s)
+    # Same maths, cheaper: fold the output scale into the weight (fan_in x fan_out elements
+    # instead of tokens x fan_out). Through x @ (out_s * w).T autograd already scales the
+    # input gradient by out_s, so only the remaining in_s / out_s is applied (none at all under
+    # to_output_scale); the weight's own gradient scale replaces out_s in its backward.
+    weight = scale(weight, fwd=out_s, bwd=w_s)
+    bias = scale(bias, fwd=out_s, bwd=w_s) if bias is not None else None
+    return F.linear(scale_bwd(input, in_s / out_s), weight, bias)
 
 
 def linear_readout(

@@ -1,0 +1,51 @@
+"""Helpers shared by the benchmark scripts: timing loops and result output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def machine() -> dict:
+    """A short description of where the numbers were measured."""
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def interleaved_medians(
+    candidates: dict[str, Callable[[], None]], repeats: int, warmup: int = 2
+) -> dict[str, dict[str, float]]:
+    """Time each candidate ``repeats`` times, alternating between them so machine noise hits all
+    alike; return median, min and max seconds per call for each."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {
+        name: {
+            "median_s": statistics.median(ts),
+            "min_s": min(ts),
+            "max_s": max(ts),
+        }
+        for name, ts in times.items()
+    }
+
+
+def emit(result: dict) -> None:
+    """Print the result as one JSON line (what --quick modes promise)."""
+    print(json.dumps(result, sort_keys=True))

@@ -1,0 +1,309 @@
+"""Learning-rate × width sweeps and scaling-law fits: the evidence for u-μP's LR transfer.
+
+    python -m lit_unitscale sweep --config recipes/decoder/ptb-tiny.yaml \\
+        --widths 64 128 256 --lrs 0.01 0.03 0.1 0.3 1 --steps 200 --out runs/sweep
+
+For each parametrization, width and LR, the recipe's task is trained for ``--steps`` steps with
+``d_model`` set to the width (head width kept, so heads grow with width) and evaluated on the
+validation split. Results go to ``results.jsonl`` (one line per run, appended, so a sweep can be
+resumed), ``table.md`` and ``lr_sweep.png`` (loss vs LR, one curve per width — the μP transfer
+picture). ``--fit`` adds a power-law fit of the best loss against parameters and compute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def train_point(task: Any, datamodule: Any, steps: int, val_batches: int, seed: int) -> dict:
+    """Train ``task`` for ``steps`` optimizer steps and return its final validation loss.
+
+    Args:
+        task: a UnitScaledTask (a fresh copy per run).
+        datamodule: the recipe's datamodule.
+        steps: optimizer steps.
+        val_batches: validation batches for the final evaluation.
+        seed: seed of the initialisation and data order.
+    """
+    import lightning as L
+
+    L.seed_everything(seed, verbose=False)
+    trainer = L.Trainer(
+        accelerator="auto",
+        devices=1,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=val_batches,
+        val_check_interval=steps,
+        check_val_every_n_epoch=None,
+        gradient_clip_val=1.0,
+    )
+    start = time.perf_counter()
+    trainer.fit(task, datamodule=datamodule)
+    seconds = time.perf_counter() - start
+    loss = float(trainer.callback_metrics.get("val/loss", float("nan")))
+    params = sum(p.numel() for p in task.model.parameters())
+    embed = sum(p.numel() for n, p in task.model.named_parameters() if "embed" in n or "head" in n)
+    return {
+        "val_loss": loss,
+        "params": params,
+        "non_embedding_params": params - embed,
+        "seconds": round(seconds, 2),
+    }
+
+
+def run_sweep(
+    task: Any,
+    datamodule: Any,
+    widths: list[int],
+    lrs: list[float],
+    steps: int,
+    parametrizations: list[str],
+    out: Path,
+    val_batches: int = 20,
+    seed: int = 0,
+) -> list[dict]:
+    """Run every (parametrization, width, lr) point not already in ``out/results.jsonl``.
+
+    Args:
+        task: the recipe's task; its hyperparameters are reused except width, LR, parametrization.
+        datamodule: the recipe's datamodule.
+        widths: ``d_model`` values.
+        lrs: peak learning rates.
+        steps: optimizer steps per run.
+        parametrizations: ``umup`` and/or ``sp``.
+        out: output directory.
+        val_batches: validation batches per evaluation.
+        seed: seed of every run.
+    """
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.jsonl"
+    done = load_results(path)
+    key = lambda r: (r["parametrization"], r["width"], r["lr"], r["steps"])  # noqa: E731
+    seen = {key(r) for r in done}
+    d_head = task.config.d_head
+    for p in parametrizations:
+        for width in widths:
+            for lr in lrs:
+                row = {"parametrization": p, "width": width, "lr": lr, "steps": steps}
+                if key(row) in seen:
+                    continue
+                config = dataclasses.replace(
+                    task.config, d_model=width, n_heads=max(1, width // d_head), parametrization=p
+                )
+                copy = task.replicate(model=config, lr=lr)
+                row.update(train_point(copy, datamodule, steps, val_batches, seed))
+                with path.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                done.append(row)
+                print(json.dumps(row), flush=True)
+    return done
+
+
+def load_results(path: Path) -> list[dict]:
+    """Rows of a results.jsonl (empty when the file does not exist)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def best_lrs(rows: list[dict]) -> dict[tuple[str, int], dict]:
+    """For each (parametrization, width), the row with the lowest finite validation loss."""
+    best: dict[tuple[str, int], dict] = {}
+    for r in rows:
+        if not math.isfinite(r["val_loss"]):
+            continue
+        k = (r["parametrization"], r["width"])
+        if k not in best or r["val_loss"] < best[k]["val_loss"]:
+            best[k] = r
+    return best
+
+
+def transfer_shift(rows: list[dict], parametrization: str) -> float:
+    """How many LR grid steps the best LR moves between the narrowest and widest width."""
+    grid = sorted({r["lr"] for r in rows if r["parametrization"] == parametrization})
+    best = best_lrs([r for r in rows if r["parametrization"] == parametrization])
+    widths = sorted(w for (_, w) in best)
+    if len(widths) < 2:
+        return 0.0
+    lo, hi = best[(parametrization, widths[0])]["lr"], best[(parametrization, widths[-1])]["lr"]
+    return float(grid.index(hi) - grid.index(lo))
+
+
+def fit_power_law(x: list[float], y: list[float]) -> dict[str, float]:
+    """Least-squares fit of ``y = a * x**(-alpha)`` in log space.
+
+    Args:
+        x: sizes (parameters or FLOPs), > 0.
+        y: losses, > 0.
+    """
+    lx, ly = np.log(np.asarray(x, dtype=float)), np.log(np.asarray(y, dtype=float))
+    slope, intercept = np.polyfit(lx, ly, 1)
+    pred = slope * lx + intercept
+    ss_res = float(((ly - pred) ** 2).sum())
+    ss_tot = float(((ly - ly.mean()) ** 2).sum()) or 1.0
+    return {"alpha": float(-slope), "a": float(math.exp(intercept)), "r2": 1 - ss_res / ss_tot}
+
+
+def scaling_fit(rows: list[dict], parametrization: str, tokens_per_step: int) -> dict[str, Any]:
+    """Power laws of the best loss per width against parameters and against compute (6·N·D)."""
+    best = sorted(
+        (r for (p, _), r in best_lrs(rows).items() if p == parametrization),
+        key=lambda r: r["params"],
+    )
+    if len(best) < 2:
+        return {}
+    n = [r["non_embedding_params"] or r["params"] for r in best]
+    flops = [6 * r["params"] * r["steps"] * tokens_per_step for r in best]
+    loss = [r["val_loss"] for r in best]
+    return {
+        "points": [
+            {"width": r["width"], "params": r["params"], "lr": r["lr"], "val_loss": r["val_loss"]}
+            for r in best
+        ],
+        "vs_params": fit_power_law(n, loss),
+        "vs_compute": fit_power_law(flops, loss),
+    }
+
+
+def write_table(rows: list[dict], out: Path) -> str:
+    """A markdown table: one row per (parametrization, width), one column per LR."""
+    lrs = sorted({r["lr"] for r in rows})
+    best = best_lrs(rows)
+    lines = [
+        "| parametrization | width | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
+        "|---|---|" + "---|" * len(lrs),
+    ]
+    for p in sorted({r["parametrization"] for r in rows}):
+        for w in sorted({r["width"] for r in rows if r["parametrization"] == p}):
+            cells = []
+            for lr in lrs:
+                r = next(
+                    (r for r in rows if (r["parametrization"], r["width"], r["lr"]) == (p, w, lr)),
+                    None,
+                )
+                if r is None:
+                    cells.append("")
+                    continue
+                mark = "**" if best.get((p, w)) is r else ""
+                cells.append(
+                    f"{mark}{r['val_loss']:.3f}{mark}"
+                    if math.isfinite(r["val_loss"])
+                    else "diverged"
+                )
+            lines.append(f"| {p} | {w} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    (out / "table.md").write_text(text)
+    return text
+
+
+def plot(rows: list[dict], out: Path) -> Path:
+    """Loss vs LR, one curve per width, one panel per parametrization."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    params = sorted({r["parametrization"] for r in rows})
+    fig, axes = plt.subplots(
+        1, len(params), figsize=(5.5 * len(params), 4), squeeze=False, sharey=True
+    )
+    for ax, p in zip(axes[0], params, strict=True):
+        widths = sorted({r["width"] for r in rows if r["parametrization"] == p})
+        cmap = plt.get_cmap("viridis")
+        for i, w in enumerate(widths):
+            pts = sorted(
+                (r["lr"], r["val_loss"])
+                for r in rows
+                if r["parametrization"] == p and r["width"] == w and math.isfinite(r["val_loss"])
+            )
+            if pts:
+                ax.plot(
+                    *zip(*pts, strict=True),
+                    marker="o",
+                    color=cmap(i / max(1, len(widths) - 1)),
+                    label=f"width {w}",
+                )
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("peak learning rate")
+        ax.set_title(p)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0][0].set_ylabel("validation loss")
+    fig.tight_layout()
+    path = out / "lr_sweep.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lit_unitscale sweep",
+        description="Learning-rate x width grid, LR-transfer plot and scaling-law fit.",
+    )
+    parser.add_argument(
+        "--config", action="append", required=True, help="recipe YAML (repeatable, merged in order)"
+    )
+    parser.add_argument("--widths", type=int, nargs="+", required=True, help="d_model values")
+    parser.add_argument("--lrs", type=float, nargs="+", required=True, help="peak learning rates")
+    parser.add_argument("--steps", type=int, default=200, help="optimizer steps per run")
+    parser.add_argument(
+        "--parametrizations",
+        nargs="+",
+        default=["umup", "sp"],
+        choices=["umup", "sp"],
+        help="parametrizations to sweep",
+    )
+    parser.add_argument("--val-batches", type=int, default=20, help="validation batches per run")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every run")
+    parser.add_argument("--out", type=Path, default=Path("runs/sweep"), help="output directory")
+    parser.add_argument("--fit", action="store_true", help="fit loss vs parameters and compute")
+    parser.add_argument("overrides", nargs="*", help="extra CLI overrides for the recipe, after --")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from lit_unitscale.tools.coord_check import build_from_recipe
+
+    task, datamodule = build_from_recipe(args.config, args.overrides)
+    rows = run_sweep(
+        task,
+        datamodule,
+        args.widths,
+        args.lrs,
+        args.steps,
+        args.parametrizations,
+        args.out,
+        args.val_batches,
+        args.seed,
+    )
+    rows = [r for r in rows if r["steps"] == args.steps]
+    print(write_table(rows, args.out))
+    print(f"plot: {plot(rows, args.out)}")
+    summary = {
+        p: {"best_lr_shift_grid_steps": transfer_shift(rows, p)} for p in args.parametrizations
+    }
+    if args.fit:
+        batch = next(iter(datamodule.train_dataloader()))
+        tokens = int(batch["input_ids"].numel())
+        for p in args.parametrizations:
+            summary[p]["scaling"] = scaling_fit(rows, p, tokens)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary))
+    return 0

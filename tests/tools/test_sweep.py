@@ -1,0 +1,87 @@
+"""The sweep tool on a tiny grid, and its analysis functions on hand-made results."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from lit_unitscale.tools.sweep import best_lrs, fit_power_law, main, scaling_fit, transfer_shift
+from tests.conftest import ROOT
+
+
+def test_power_law_fit_recovers_a_known_exponent() -> None:
+    x = [1e5, 3e5, 1e6, 3e6, 1e7]
+    y = [4.0 * v**-0.076 for v in x]
+    fit = fit_power_law(x, y)
+    assert fit["alpha"] == pytest.approx(0.076, rel=1e-6)
+    assert fit["a"] == pytest.approx(4.0, rel=1e-6)
+    assert fit["r2"] == pytest.approx(1.0, abs=1e-9)
+
+
+def _rows(best_lr_per_width: dict[int, float], p: str = "umup") -> list[dict]:
+    rows = []
+    for w, best in best_lr_per_width.items():
+        for lr in (0.01, 0.03, 0.1, 0.3):
+            loss = 3.0 + abs(math.log(lr / best)) - 0.1 * math.log(w)
+            rows.append(
+                {
+                    "parametrization": p,
+                    "width": w,
+                    "lr": lr,
+                    "steps": 10,
+                    "val_loss": loss,
+                    "params": w * 1000,
+                    "non_embedding_params": w * 100,
+                }
+            )
+    return rows
+
+
+def test_best_lr_and_transfer_shift() -> None:
+    stable = _rows({64: 0.1, 128: 0.1, 256: 0.1})
+    moving = _rows({64: 0.3, 128: 0.1, 256: 0.01}, "sp")
+    assert best_lrs(stable)[("umup", 256)]["lr"] == 0.1
+    assert transfer_shift(stable, "umup") == 0
+    assert transfer_shift(moving, "sp") == -3
+    fit = scaling_fit(stable, "umup", tokens_per_step=512)
+    assert [p["width"] for p in fit["points"]] == [64, 128, 256]
+    assert fit["vs_params"]["alpha"] > 0
+
+
+@pytest.mark.slow
+def test_sweep_cli_on_a_tiny_grid(tmp_path) -> None:
+    recipe = str(ROOT / "tests" / "fixtures" / "recipes" / "decoder-tiny.yaml")
+    out = tmp_path / "sweep"
+    args = [
+        "--config",
+        recipe,
+        "--widths",
+        "16",
+        "32",
+        "--lrs",
+        "0.01",
+        "0.1",
+        "--steps",
+        "3",
+        "--val-batches",
+        "1",
+        "--parametrizations",
+        "umup",
+        "--out",
+        str(out),
+        "--fit",
+    ]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {(r["width"], r["lr"]) for r in rows} == {(16, 0.01), (16, 0.1), (32, 0.01), (32, 0.1)}
+    assert all(math.isfinite(r["val_loss"]) and r["val_loss"] > 0 for r in rows)
+    assert rows[0]["params"] < rows[-1]["params"]
+    assert (out / "lr_sweep.png").stat().st_size > 10_000
+    assert "| umup | 32 |" in (out / "table.md").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert "vs_params" in summary["umup"]["scaling"]
+    # Rerunning skips finished points (resumable sweeps).
+    assert main(args) == 0
+    assert len((out / "results.jsonl").read_text().splitlines()) == 4
