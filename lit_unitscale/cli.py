@@ -6,9 +6,11 @@ python -m lit_unitscale <tool> ...      # slurm, scales, coord-check, sweep, exp
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
+from collections.abc import Iterator
 
 # Tool subcommands: name -> (module with `main(argv) -> int`, one-line help).
 TOOLS: dict[str, tuple[str, str]] = {
@@ -67,16 +69,99 @@ def make_cli(args: list[str] | None = None, run: bool = True):
     )
 
 
+def _debug(argv: list[str]) -> bool:
+    if "--debug" in argv:
+        argv.remove("--debug")
+        os.environ["LIT_UNITSCALE_DEBUG"] = "1"
+    return os.environ.get("LIT_UNITSCALE_DEBUG", "") not in ("", "0")
+
+
+@contextlib.contextmanager
+def _parser_errors_raise() -> Iterator[None]:
+    """Parser errors raise instead of printing the whole usage and exiting, so ``main`` can
+    name the file and key in one line (jsonargparse's ``exit_on_error=False`` behaviour)."""
+    import argparse
+
+    from jsonargparse import ArgumentParser
+
+    original = ArgumentParser.error
+
+    def error(self: ArgumentParser, message: str, ex: Exception | None = None) -> None:
+        raise argparse.ArgumentError(None, message) from ex
+
+    ArgumentParser.error = error
+    try:
+        yield
+    finally:
+        ArgumentParser.error = original
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"lit_unitscale: {message}", file=sys.stderr)
+    print("(--debug or LIT_UNITSCALE_DEBUG=1 shows the traceback)", file=sys.stderr)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Dispatch ``python -m lit_unitscale <subcommand> ...``."""
+    """Dispatch ``python -m lit_unitscale <subcommand> ...``.
+
+    A user mistake (recipe, data, checkpoint, machine) prints one message and exits non-zero;
+    ``--debug`` or ``LIT_UNITSCALE_DEBUG=1`` shows the traceback instead.
+
+    Args:
+        argv: command-line arguments (default ``sys.argv[1:]``).
+    """
+    from lit_unitscale.errors import LitUnitscaleError
+    from lit_unitscale.recipe_check import check_command_line, check_subcommand
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug(argv)
     if argv and argv[0] in TOOLS:
         module = importlib.import_module(TOOLS[argv[0]][0])
-        sys.exit(module.main(argv[1:]))
+        try:
+            sys.exit(module.main(argv[1:]))
+        except LitUnitscaleError as error:
+            if debug:
+                raise
+            _fail(str(error), error.exit_code)
     os.environ.setdefault("WANDB_MODE", "offline")
     if not argv or argv[0] in ("-h", "--help"):
         try:
             make_cli(argv or ["--help"])
         finally:
             print("\n" + _tools_epilog())
-    make_cli(argv)
+    files, merged = [], {}
+    try:
+        check_subcommand(argv, [*LIGHTNING_SUBCOMMANDS, *TOOLS])
+        files, merged = check_command_line(argv[1:])
+        # LightningCLI warns when given args beside a different sys.argv: make them agree.
+        sys.argv = [sys.argv[0], *argv]
+        with _parser_errors_raise():
+            make_cli(None)
+    except (Exception, SystemExit) as error:
+        if isinstance(error, SystemExit) and _stopped_by_signal():
+            return
+        if debug or isinstance(error, SystemExit):
+            raise
+        from lit_unitscale.explain import context_from, explain
+
+        message = explain(error, context_from(argv, files, merged))
+        if message is None:
+            raise  # not a user mistake: keep the traceback
+        _fail(message, getattr(error, "exit_code", 2))
+    _stopped_by_signal()
+
+
+def _stopped_by_signal() -> bool:
+    """Report a Ctrl-C/SIGTERM stop (checkpoint written) and exit 128 + signal number."""
+    import signal
+
+    stop = getattr(sys.modules.get("lit_unitscale.callbacks.signals"), "last_stop", None)
+    if not stop:
+        return False
+    print(
+        f"lit_unitscale: stopped by {stop['signal']} after step {stop['step']}; checkpoint "
+        f"saved to {stop['path']}. Run the same command with --ckpt_path last to resume.",
+        file=sys.stderr,
+    )
+    sys.exit(128 + int(getattr(signal, stop["signal"])))

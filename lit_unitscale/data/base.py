@@ -9,6 +9,8 @@ from lightning.pytorch import LightningDataModule
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
+from lit_unitscale.errors import RecipeError
+
 from .text_tokenizers import SPECIAL_TOKENS, TokenizerKind, cached_tokenizer, load_tokenizer
 
 
@@ -26,6 +28,10 @@ class BaseDataModule(LightningDataModule):
             seed: Seed of the training shuffle order (and of any random masking).
         """
         super().__init__()
+        if batch_size < 1:
+            raise RecipeError(f"data: batch_size must be >= 1 (per process), got {batch_size}")
+        if num_workers < 0:
+            raise RecipeError(f"data: num_workers must be >= 0, got {num_workers}")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed

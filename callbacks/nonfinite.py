@@ -1,0 +1,137 @@
+"""Stop (or skip the update) when the loss or a gradient is inf/NaN.
+
+The check runs after backward and before the optimizer step, so a bad step never reaches the
+weights and the last checkpoint on disk stays the last good one. It costs one scalar host sync
+per optimizer step.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from lit_unitscale.errors import TrainingFault
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(TrainingFault):
+    """Training stopped on a non-finite loss or gradient."""
+
+
+def _local(tensor: Tensor) -> Tensor:
+    # FSDP2 gradients are DTensors: check this rank's shard (ranks then agree by reduction).
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if to_local is not None else tensor
+
+
+class NonFiniteGuard(L.Callback):
+    """Refuse optimizer steps whose loss or gradients are not finite.
+
+    Args:
+        action: ``stop``: raise with a message naming the step (and, when a ScaleMonitor is
+            attached, the first layer/tensor that went non-finite); ``skip``: drop this step's
+            update, count it, and stop once more than ``max_skips`` steps were skipped.
+        max_skips: skipped steps tolerated with ``action="skip"``.
+    """
+
+    def __init__(self, action: Literal["stop", "skip"] = "stop", max_skips: int = 10) -> None:
+        if action not in ("stop", "skip"):
+            raise ValueError(f"NonFiniteGuard: action must be 'stop' or 'skip', got {action!r}")
+        if max_skips < 0:
+            raise ValueError(f"NonFiniteGuard: max_skips must be >= 0, got {max_skips}")
+        self.action = action
+        self.max_skips = max_skips
+        self.skipped = 0
+        self.skipped_steps: list[int] = []
+        self._loss_ok: Tensor | None = None
+        self._loss: Tensor | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped, "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped = int(state_dict.get("skipped", 0))
+        self.skipped_steps = list(state_dict.get("skipped_steps", []))
+
+    def on_before_backward(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor
+    ) -> None:
+        ok = torch.isfinite(loss.detach()).all()
+        # Accumulated micro-batches: every one must be finite.
+        self._loss_ok = ok if self._loss_ok is None else self._loss_ok & ok
+        self._loss = loss.detach()
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        grads = [_local(p.grad) for group in optimizer.param_groups for p in group["params"]]
+        grads = [g for g in grads if g is not None and g.numel()]
+        flags = [torch.isfinite(g).all() for g in grads]
+        if self._loss_ok is not None:
+            flags.append(self._loss_ok.to(flags[0].device) if flags else self._loss_ok)
+        ok = bool(torch.stack(flags).all()) if flags else True  # the one host sync
+        if trainer.world_size > 1:
+            ok = not trainer.strategy.reduce_boolean_decision(not ok, all=False)
+        loss, self._loss_ok, self._loss = self._loss, None, None
+        if ok:
+            return
+        step = trainer.global_step
+        what = self._describe(pl_module, optimizer, loss)
+        if self.action == "skip" and self.skipped < self.max_skips:
+            optimizer.zero_grad(set_to_none=True)  # AdamW skips parameters without gradients
+            self.skipped += 1
+            self.skipped_steps.append(step)
+            pl_module.log("train/nonfinite_skips", float(self.skipped), batch_size=1)
+            log.warning("step %d: %s; update skipped (%d so far)", step, what, self.skipped)
+            return
+        located = _first_non_finite(trainer, step)
+        skipped = f"; {self.skipped} earlier steps skipped" if self.skipped else ""
+        raise NonFiniteError(
+            f"training stopped at step {step}: {what}{located}{skipped}. The step's update was "
+            "not applied and no checkpoint was written after it; resume from the last "
+            "checkpoint with a lower lr, or use NonFiniteGuard(action='skip')."
+        )
+
+    @staticmethod
+    def _describe(pl_module: L.LightningModule, optimizer: Any, loss: Tensor | None) -> str:
+        parts = []
+        if loss is not None and not torch.isfinite(loss).all():
+            parts.append(f"loss is {loss.float().mean().item()}")
+        names = {id(p): n for n, p in pl_module.named_parameters()}
+        bad = [
+            names.get(id(p), "?")
+            for group in optimizer.param_groups
+            for p in group["params"]
+            if p.grad is not None and not torch.isfinite(_local(p.grad)).all()
+        ]
+        if bad:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            parts.append(f"non-finite gradients in {', '.join(bad[:3])}{more}")
+        return " and ".join(parts) or "non-finite values"
+
+
+def _first_non_finite(trainer: L.Trainer, step: int) -> str:
+    """``; first non-finite: <layer>/<tensor>`` from an attached ScaleMonitor, if it saw one."""
+    from lit_unitscale.callbacks.scale_monitor import ScaleMonitor
+
+    monitor = next((c for c in trainer.callbacks if isinstance(c, ScaleMonitor)), None)
+    if monitor is None:
+        return " (add ScaleMonitor to locate the first non-finite layer)"
+    recorder = monitor.recorder
+    if recorder is not None and recorder.active and monitor._step is not None:
+        # The monitor is recording this very step: summarise it now (before the update).
+        monitor._finish(trainer, monitor._step)
+        monitor._step = None
+    first = monitor.first_non_finite
+    if first is None:
+        return (
+            f" (ScaleMonitor saw no non-finite tensor; it records every "
+            f"{monitor.every_n_steps} steps)"
+        )
+    where = f"{first['layer']}/{first['tensor']}"
+    return f"; first non-finite: {where} (ScaleMonitor, step {first['step']})"

@@ -1,0 +1,51 @@
+"""Errors meant for the person running a recipe: the CLI prints their message alone (no
+traceback) and exits non-zero. Every layer may raise them; this module imports nothing heavy."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class LitUnitscaleError(Exception):
+    """An error whose message is complete for the user: what, where, what was expected."""
+
+    exit_code: int = 2
+
+
+class RecipeError(LitUnitscaleError, ValueError):
+    """A recipe key, value or combination that cannot work."""
+
+
+class CheckpointFileError(LitUnitscaleError, ValueError):
+    """A checkpoint file that is missing, truncated, corrupt or refused by the safe loader."""
+
+
+class CheckpointMismatchError(LitUnitscaleError, ValueError):
+    """A checkpoint whose model architecture differs from the recipe's."""
+
+
+class TrainingFault(LitUnitscaleError, RuntimeError):
+    """Training stopped on purpose (non-finite loss or gradients); checkpoints are intact."""
+
+    exit_code = 1
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest choice, or ``""`` when none is close.
+
+    Dotted keys are compared within their parent first (``trainer.max_stepz`` against the other
+    ``trainer.*`` keys), then by their last component anywhere.
+
+    Args:
+        name: what the user wrote.
+        choices: the accepted names.
+    """
+    choices = sorted({str(c) for c in choices} - {name})
+    head, _, last = name.rpartition(".")
+    siblings = {c.rpartition(".")[2]: c for c in choices if c.rpartition(".")[0] == head}
+    match = difflib.get_close_matches(last, list(siblings), n=1, cutoff=0.6)
+    if match:
+        return f" (did you mean '{siblings[match[0]]}'?)"
+    match = difflib.get_close_matches(name, choices, n=1, cutoff=0.75)
+    return f" (did you mean '{match[0]}'?)" if match else ""
