@@ -348,11 +348,10 @@ def scaled_dot_product_attention(
         mult: attention-logit multiplier (a u-μP hyperparameter).
     """
     *_, k_len, d_head = value.shape
-    s = (1 - dropout_p) ** 0.5 / log_interpolate(
-        1 / (1 + 4 * d_head / mult**2),
-        ((math.log(k_len) if is_causal else 1) / k_len) ** 0.5,
-        1.0,
-    )
+    # The flat-softmax limit averages ~k_len values (log(k_len) of them on average when causal).
+    # With a single key the output is that value itself: nothing is averaged (and log(1) = 0).
+    averaged = (math.log(k_len) if is_causal else 1.0) / k_len if k_len > 1 else 1.0
+    s = (1 - dropout_p) ** 0.5 / log_interpolate(1 / (1 + 4 * d_head / mult**2), averaged**0.5, 1.0)
     query, key, value = fp8.matmul_inputs(*(scale_bwd(t, s) for t in (query, key, value)))
     out = F.scaled_dot_product_attention(
         query,

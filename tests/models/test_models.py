@@ -159,3 +159,13 @@ def test_impossible_configs_name_the_field(kwargs: dict, message: str) -> None:
 def test_classifier_needs_labels() -> None:
     with pytest.raises(ValueError, match="num_labels"):
         SequenceClassifier(tiny(num_labels=0))
+
+
+def test_generation_from_a_single_token_prompt() -> None:
+    # Causal unit-scaled attention over one key must be defined (it is the value itself).
+    from lit_unitscale.tasks.causal_lm import CausalLM
+
+    task = CausalLM(tiny())
+    task.configure_model()
+    out = task.generate(torch.tensor([[3]]), max_new_tokens=4, temperature=0)
+    assert out.shape == (1, 5) and out[0, 0] == 3
