@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import importlib
 import inspect
+import pickle
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -75,14 +76,19 @@ def explain(error: BaseException, ctx: Context) -> str | None:
             return _with_recipe_key(_first_paragraph(text), ctx)
         if _is_bad_checkpoint(item):
             ckpt = (option_values(ctx.argv, "--ckpt_path") or ["the checkpoint"])[-1]
+            if isinstance(item, pickle.UnpicklingError):
+                found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+                what = f" ({found.group(1)})" if found else ""
+                return (
+                    f"checkpoint {ckpt}: refused by the safe loader (weights_only=True): it holds "
+                    f"a Python object{what}, not only tensors and plain data"
+                )
             reason = text.strip().splitlines()[0][:160]
             return f"checkpoint {ckpt}: truncated or corrupt ({reason})"
     return None
 
 
 def _is_bad_checkpoint(error: BaseException) -> bool:
-    import pickle
-
     text = str(error)
     return isinstance(error, pickle.UnpicklingError) or (
         isinstance(error, RuntimeError) and ("PytorchStreamReader" in text or "zip archive" in text)
