@@ -1,0 +1,156 @@
+"""The W&B workspace for scales, defined as code: ``python -m lit_unitscale dashboard``.
+
+    python -m lit_unitscale dashboard push --entity E --project P [--name Scales]
+    python -m lit_unitscale dashboard spec --entity E --project P      # print it (offline)
+
+One section per tensor kind (activations, activation gradients, weights, weight gradients,
+updates) with the RMS of every layer on a log scale and the FP8 underflow/overflow fractions,
+and a "scale profile" section showing the ``scales/profile`` table the ScaleMonitor logs at
+each monitor step (layers x log2 RMS with the FP8 range in its columns). Saving needs a
+reachable W&B server and an API key; building and printing the spec does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from lit_unitscale.callbacks.scale_wandb import PROFILE_KEY
+
+TENSOR_TITLES = {
+    "act": "activations",
+    "act_grad": "activation gradients",
+    "weight": "weights",
+    "weight_grad": "weight gradients",
+    "update": "updates",
+}
+PROFILE_SECTION = "scale profile"
+PROFILE_NOTE = (
+    "Each row of `scales/profile` is one layer and tensor at one monitor step: `log2_rms`, "
+    "its direction (forward, backward, update) and the FP8 normal range "
+    "(`e4m3_min_log2`..`e4m3_max_log2`, `e5m2_...`, `in_<fmt>_range`). Unit scaling keeps "
+    "`log2_rms` near 0, well inside both ranges."
+)
+
+
+class DashboardError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+def _series(tensor: str, stat: str, layers: Sequence[str] | None) -> dict[str, Any]:
+    # Known layers give explicit keys; otherwise a regex picks up every layer of any depth.
+    if layers:
+        return {"y": [f"scales/{layer}/{tensor}/{stat}" for layer in layers]}
+    return {"metric_regex": f"^scales/[^/]+/{tensor}/{stat}$"}
+
+
+def build_workspace(
+    entity: str,
+    project: str,
+    name: str = "Scales",
+    layers: Sequence[str] | None = None,
+    formats: Sequence[str] = ("e4m3", "e5m2"),
+):
+    """The workspace object (``wandb_workspaces.workspaces.Workspace``); nothing is sent.
+
+    Args:
+        entity: W&B entity (user or team).
+        project: W&B project.
+        name: the saved view's name.
+        layers: layer names for explicit series (default: a regex matching every layer).
+        formats: FP8 formats whose underflow/overflow panels are added.
+    """
+    import wandb_workspaces.reports.v2 as wr
+    import wandb_workspaces.workspaces as ws
+
+    sections = []
+    for tensor, title in TENSOR_TITLES.items():
+        panels = [
+            wr.LinePlot(
+                title=f"{title}: RMS per layer",
+                log_y=True,
+                x="Step",
+                **_series(tensor, "rms", layers),
+            )
+        ]
+        for fmt in formats:
+            for kind in ("underflow", "overflow"):
+                panels.append(
+                    wr.LinePlot(
+                        title=f"{title}: {kind} {fmt.upper()} (fraction)",
+                        x="Step",
+                        **_series(tensor, f"{kind}_{fmt}", layers),
+                    )
+                )
+        sections.append(ws.Section(name=f"scales: {title}", panels=panels, is_open=True))
+    sections.append(
+        ws.Section(
+            name=PROFILE_SECTION,
+            panels=[
+                wr.WeavePanelSummaryTable(table_name=PROFILE_KEY),
+                wr.MarkdownPanel(markdown=PROFILE_NOTE),
+            ],
+            is_open=True,
+        )
+    )
+    return ws.Workspace(entity=entity, project=project, name=name, sections=sections)
+
+
+def push(workspace) -> str:
+    """Save ``workspace`` to the W&B server; returns its URL.
+
+    Args:
+        workspace: from :func:`build_workspace`.
+    """
+    import wandb
+
+    try:
+        wandb.Api(timeout=10)  # raises without an API key
+        workspace.save()
+    except wandb.errors.UsageError as err:
+        raise DashboardError(f"{err} (or set WANDB_API_KEY)") from None
+    except Exception as err:  # network, auth and server errors all end here
+        raise DashboardError(
+            f"could not save the workspace to the W&B server ({type(err).__name__}: {err})"
+        ) from None
+    return workspace.url
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lit_unitscale dashboard",
+        description="The W&B scales workspace: push it to a server or print its spec.",
+    )
+    parser.add_argument("action", choices=["push", "spec"], help="push: save; spec: print JSON")
+    parser.add_argument("--entity", required=True, help="W&B entity (user or team)")
+    parser.add_argument("--project", required=True, help="W&B project")
+    parser.add_argument("--name", default="Scales", help="name of the saved view")
+    parser.add_argument(
+        "--layers", nargs="+", default=None, help="layer names (default: match every layer)"
+    )
+    parser.add_argument(
+        "--formats", nargs="+", default=["e4m3", "e5m2"], help="FP8 formats to chart"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m lit_unitscale dashboard``.
+
+    Args:
+        argv: arguments after the subcommand name.
+    """
+    args = build_parser().parse_args(argv)
+    workspace = build_workspace(args.entity, args.project, args.name, args.layers, args.formats)
+    if args.action == "spec":
+        # The serialised view is what `push` sends; the converter is the package's own.
+        print(workspace._to_model().model_dump_json(indent=1))
+        return 0
+    try:
+        print(f"saved {push(workspace)}")
+    except DashboardError as err:
+        print(f"dashboard: {err}", file=sys.stderr)
+        return 1
+    return 0
