@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from lit_unitscale.models import ARCHITECTURES, TransformerConfig
-from tests.models.scale_probe import Row, probe_scales, table
+from lit_unitscale.models.scale_probe import Row, probe_scales, table
 
 B, T, V, D, FFN = 8, 32, 256, 64, 4.0
 

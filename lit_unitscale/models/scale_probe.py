@@ -1,4 +1,4 @@
-"""Record RMS of module outputs, their gradients and weight gradients in one backward pass."""
+"""Diagnostics: RMS of every module output, its gradient and every weight gradient in one step."""
 
 from __future__ import annotations
 
