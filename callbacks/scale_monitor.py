@@ -38,7 +38,7 @@ class ScaleMonitor(L.Callback):
 
     Args:
         every_n_steps: monitor every N optimizer steps (step 0 included); 50 keeps the cost
-            under 1 % of training time on the ptb-tiny recipe (see docs/scales.md).
+            about 2-3 % of training time on the ptb-tiny recipe (see docs/scales.md).
         formats: FP8 formats whose underflow/overflow fractions are reported.
         jsonl: append one JSON line per monitor step to ``scales.jsonl`` in the run directory.
         tensors: tensor kinds to record (default: all five).
