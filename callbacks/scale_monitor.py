@@ -129,11 +129,26 @@ class ScaleMonitor(L.Callback):
         self._finish(trainer, self._step)
         self._step = None
 
+    def flush(self, trainer: L.Trainer) -> dict[str, Any] | None:
+        """Summarise the step being monitored now, before its optimizer step (the update is
+        then not recorded); for callbacks that stop training at a bad step. Every rank must
+        call it (it all-reduces). Returns the record, or None when no step is being monitored.
+
+        Args:
+            trainer: the running trainer.
+        """
+        if self.recorder is None or self._step is None:
+            return None
+        step, self._step = self._step, None
+        self._finish(trainer, step)
+        return self.last
+
     def _finish(self, trainer: L.Trainer, step: int) -> None:
         recorder = self.recorder
         order, keys = recorder.event_order(), recorder.keys()
         stats = recorder.collect()
         recorder.reset_events()
+        recorder.drop_snapshot()  # finished before the step (see flush): no update this time
         recorder.active = False
         stats = _all_reduce_sum(stats)
         summary = summarise(stats, self.formats)

@@ -144,6 +144,10 @@ class ScaleRecorder:
                 self._add_sum((layer, "update"), diffs)
         self._snapshot.clear()
 
+    def drop_snapshot(self) -> None:
+        """Forget the weights saved for the update (the step ended without one)."""
+        self._snapshot.clear()
+
     def _add_sum(self, key: Key, tensors: list[Tensor]) -> None:
         # A layer's weight statistic covers all its role-carrying parameters together.
         total = torch.stack([tensor_stats(t, self.formats) for t in tensors]).sum(0)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import Logger
 from lit_unitscale.callbacks import ScaleMonitor
+from lit_unitscale.callbacks.nonfinite import NonFiniteGuard
 
 from lit_unitscale.unit import named_param_specs
 
@@ -129,7 +130,9 @@ class InjectNaN(L.Callback):
 )
 def test_non_finite_guard_names_first_layer(trainer_factory, caplog, where, expected):
     monitor = ScaleMonitor(every_n_steps=1)
-    trainer = trainer_factory([monitor, InjectNaN(where)])
+    # The tasks' default NonFiniteGuard would stop at the NaN; skipping lets the step finish.
+    guard = NonFiniteGuard(action="skip", max_skips=10)
+    trainer = trainer_factory([monitor, InjectNaN(where), guard])
     with caplog.at_level(logging.WARNING, logger="lit_unitscale.callbacks.scale_monitor"):
         trainer.fit(tiny_task(), tiny_loader())
     assert monitor.first_non_finite == {"step": 0, "layer": expected[0], "tensor": expected[1]}
