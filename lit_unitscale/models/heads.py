@@ -41,6 +41,8 @@ class _WithHead(UnitModule):
 class _Readout(UnitModule):
     """Output projection, optionally tied to an embedding table."""
 
+    monitor_role = "head"
+
     def __init__(self, config: TransformerConfig, out_features: int, tied: nn.Module | None = None):
         super().__init__(config.parametrization)
         self.tied = tied
@@ -143,6 +145,7 @@ class SequenceClassifier(_WithHead):
         self.head = LinearReadout(
             config.d_model, config.num_labels, parametrization=config.parametrization
         )
+        self.head.monitor_role = "head"
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         h = self.encoder(input_ids, attention_mask)
@@ -169,6 +172,7 @@ class TokenClassifier(_WithHead):
         self.head = LinearReadout(
             config.d_model, config.num_labels, parametrization=config.parametrization
         )
+        self.head.monitor_role = "head"
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         return self.head(self.encoder(input_ids, attention_mask))

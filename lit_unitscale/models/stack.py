@@ -91,6 +91,8 @@ class Block(UnitModule):
         taus: residual weights, one per branch in order.
     """
 
+    monitor_role = "block"
+
     def __init__(
         self, config: TransformerConfig, causal: bool, cross_attend: bool, taus: list[float]
     ) -> None:
@@ -153,6 +155,7 @@ class TransformerStack(UnitModule):
         )
         set_depth(self.layers, n)
         self.final_norm = make_norm(config)
+        self.final_norm.monitor_role = "final_norm"
         self.causal = causal
         self.rope = (
             RotaryEmbedding(config.d_head, config.max_seq_len)

@@ -18,6 +18,8 @@ class TokenEmbedding(UnitModule):
         vocab_size: table size.
     """
 
+    monitor_role = "embed"
+
     def __init__(self, config: TransformerConfig, vocab_size: int) -> None:
         super().__init__(config.parametrization)
         if vocab_size <= 0:

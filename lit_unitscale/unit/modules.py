@@ -33,8 +33,17 @@ class ParamSpec:
     depth: int | None = None  # layers in the residual stack holding it (None: outside a stack)
 
 
+MONITOR_ROLES = ("embed", "block", "final_norm", "head")
+
+
 class UnitModule(nn.Module):
-    """Base for modules whose parameters carry roles and whose ops follow a parametrization."""
+    """Base for modules whose parameters carry roles and whose ops follow a parametrization.
+
+    ``monitor_role`` says what a monitor should call the module (one of :data:`MONITOR_ROLES`,
+    or None): models set it, callbacks read it, so neither needs the other's class names.
+    """
+
+    monitor_role: str | None = None
 
     def __init__(self, parametrization: Parametrization = "umup") -> None:
         super().__init__()
