@@ -91,17 +91,13 @@ def run_coord_check(
         seed: seed of every run's initialisation.
     """
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    hparams = {
-        k: v for k, v in task.hparams.items() if not k.startswith("_")
-    }  # CLI adds _class_path
     results: Results = {}
     for p in parametrizations:
         results[p] = {}
         for width in widths:
             config = dataclasses.replace(task.config, d_model=width, parametrization=p)
             # Constant LR from step 0: a warmup would leave the first steps at LR ~ 0.
-            copy = type(task)(**{**hparams, "model": config, "warmup_steps": 0})
-            copy.hparams.schedule = "constant"
+            copy = task.replicate(model=config, warmup_steps=0, schedule="constant")
             results[p][width] = _activation_rms(copy, datamodule, steps, seed)
     return results
 
