@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from lit_unitscale.errors import LitUnitscaleError, did_you_mean
+from lit_unitscale.errors import LitUnitscaleError, TrainingFault, did_you_mean
 from lit_unitscale.recipe_check import flat_keys, load_recipe, option_values
 
 # Errors other layers raise for users, by class name so that this module imports none of them.
@@ -72,6 +72,8 @@ def explain(error: BaseException, ctx: Context) -> str | None:
             return _omegaconf_message(item, ctx)
         if type(item).__name__ == "MisconfigurationException":
             return _trainer_message(text, ctx)
+        if isinstance(item, TrainingFault):
+            return _first_paragraph(text)
         if _is_user_error(item):
             return _with_recipe_key(_first_paragraph(text), ctx)
         if _is_bad_checkpoint(item):

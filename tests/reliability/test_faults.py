@@ -107,7 +107,7 @@ def test_non_finite_step_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path
     assert code == 1, err[-3000:]
     assert "Traceback" not in err
     message = next(line for line in err.splitlines() if line.startswith("lit_unitscale: "))
-    assert "training stopped at step 4" in message
+    assert message.startswith("lit_unitscale: training stopped at step 4: loss is nan")
     assert "first non-finite: block0/act (ScaleMonitor, step 4)" in message
     checkpoint = safe_torch_load(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert checkpoint["global_step"] == 3
