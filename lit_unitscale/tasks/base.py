@@ -179,6 +179,27 @@ class UnitScaledTask(L.LightningModule):
             factor = sched.lr_lambdas[0](sched.last_epoch)
             self.log("lr", self.hparams.lr * factor, on_step=True, batch_size=1)
 
+    # -- evaluation: subclasses implement evaluate(batch, split) and log_split(split) -------
+    def evaluate(self, batch: Any, split: str) -> None:
+        """Update the ``split`` ("val" or "test") metrics with one batch."""
+        raise NotImplementedError
+
+    def log_split(self, split: str) -> None:
+        """Compute, log as ``<split>/<name>`` and reset the ``split`` metrics."""
+        raise NotImplementedError
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_split("val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self.evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_split("test")
+
     def log_loss(self, name: str, loss: Tensor, batch_size: int, **kwargs: Any) -> None:
         self.log(name, loss, batch_size=batch_size, sync_dist=not self.training, **kwargs)
 

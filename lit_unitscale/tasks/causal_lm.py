@@ -38,25 +38,16 @@ class CausalLM(UnitScaledTask):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
-    def _eval_step(self, batch: dict[str, Tensor], metric: MeanMetric) -> None:
+    def evaluate(self, batch: dict[str, Tensor], split: str) -> None:
         loss, tokens = self._nll(batch)
-        metric.update(loss.detach(), weight=tokens)
+        getattr(self, f"{split}_nll").update(loss.detach(), weight=tokens)
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.val_nll)
-
-    def on_validation_epoch_end(self) -> None:
-        nll = self.val_nll.compute()
-        self.log_dict({"val/loss": nll, "val/ppl": torch.exp(nll)}, prog_bar=True, sync_dist=False)
-        self.val_nll.reset()
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_nll)
-
-    def on_test_epoch_end(self) -> None:
-        nll = self.test_nll.compute()
-        self.log_dict({"test/loss": nll, "test/ppl": torch.exp(nll)}, sync_dist=False)
-        self.test_nll.reset()
+    def log_split(self, split: str) -> None:
+        metric = getattr(self, f"{split}_nll")
+        nll = metric.compute()
+        metrics = {f"{split}/loss": nll, f"{split}/ppl": torch.exp(nll)}
+        self.log_dict(metrics, prog_bar=split == "val", sync_dist=False)
+        metric.reset()
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """Per-sequence mean NLL and the greedy next token after each position."""

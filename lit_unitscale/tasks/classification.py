@@ -39,7 +39,7 @@ class SequenceClassifier(EncoderTask):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
 
-    def _eval(self, batch: dict[str, Tensor], split: str) -> None:
+    def evaluate(self, batch: dict[str, Tensor], split: str) -> None:
         logits = self.model(batch["input_ids"], batch["attention_mask"])
         labels = batch["labels"]
         getattr(self, f"{split}_loss").update(self.model.loss(logits, labels), len(labels))
@@ -47,7 +47,7 @@ class SequenceClassifier(EncoderTask):
         getattr(self, f"{split}_acc").update(preds, labels)
         getattr(self, f"{split}_f1").update(preds, labels)
 
-    def _log_split(self, split: str) -> None:
+    def log_split(self, split: str) -> None:
         # torchmetrics' compute() reduces across processes; the values are then global.
         metrics = {}
         for name in ("loss", "acc", "f1"):
@@ -55,18 +55,6 @@ class SequenceClassifier(EncoderTask):
             metrics[f"{split}/{name}"] = metric.compute()
             metric.reset()
         self.log_dict(metrics, prog_bar=split == "val", sync_dist=False)
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_split("val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_split("test")
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
         """Predicted class ids and probabilities (and label names when the data has them)."""
@@ -125,14 +113,14 @@ class TokenClassifier(EncoderTask):
             gold_tags.append([names[g] for _, g in scored])
         return pred_tags, gold_tags
 
-    def _eval(self, batch: dict[str, Tensor], split: str) -> None:
+    def evaluate(self, batch: dict[str, Tensor], split: str) -> None:
         logits = self.model(batch["input_ids"], batch["attention_mask"])
         labels = batch["labels"]
         tokens = int((labels != -100).sum())
         getattr(self, f"{split}_loss").update(self.model.loss(logits, labels), max(tokens, 1))
         getattr(self, f"{split}_spans").update(*self._word_tags(logits.argmax(-1), labels))
 
-    def _log_split(self, split: str) -> None:
+    def log_split(self, split: str) -> None:
         spans = getattr(self, f"{split}_spans")
         values = spans.compute()
         metrics = {f"{split}/loss": getattr(self, f"{split}_loss").compute()}
@@ -141,18 +129,6 @@ class TokenClassifier(EncoderTask):
         self.log(f"{split}/f1", values["f1"], prog_bar=split == "val", sync_dist=False)
         spans.reset()
         getattr(self, f"{split}_loss").reset()
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_split("val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_split("test")
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
         """Predicted tag names per scored word, beside the gold tags."""

@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from lit_unitscale.models import TransformerConfig
 from lit_unitscale.tasks.base import UnitScaledTask
-from lit_unitscale.tasks.common import PredictOnTestSplit
 
 # Fields that shape the encoder's weights or its function; the rest belong to the head or to
 # training (num_labels, pooling, dropout, loss_mult, tie_embeddings, decoder-only fields).
@@ -121,7 +120,7 @@ def merge_encoder_config(
     return dataclasses.replace(recipe, **updates)
 
 
-class EncoderTask(PredictOnTestSplit, UnitScaledTask):
+class EncoderTask(UnitScaledTask):
     """An encoder task that can start from a masked-LM checkpoint (sequence and token
     classification). Without ``pretrained`` it trains from scratch."""
 

@@ -11,10 +11,9 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lit_unitscale.tasks.base import UnitScaledTask
-from lit_unitscale.tasks.common import PredictOnTestSplit
 
 
-class MaskedLM(PredictOnTestSplit, UnitScaledTask):
+class MaskedLM(UnitScaledTask):
     """Predict masked tokens with a unit-scaled encoder; reports loss, perplexity and accuracy
     over the masked positions.
 
@@ -47,31 +46,20 @@ class MaskedLM(PredictOnTestSplit, UnitScaledTask):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
-    def _eval(self, batch: dict[str, Tensor], nll: MeanMetric, acc: MeanMetric) -> None:
+    def evaluate(self, batch: dict[str, Tensor], split: str) -> None:
         loss, accuracy, tokens = self._step(batch)
         if tokens:
-            nll.update(loss.detach(), weight=tokens)
-            acc.update(accuracy, weight=tokens)
+            getattr(self, f"{split}_nll").update(loss.detach(), weight=tokens)
+            getattr(self, f"{split}_acc").update(accuracy, weight=tokens)
 
-    def _log_split(self, split: str, nll: MeanMetric, acc: MeanMetric) -> None:
+    def log_split(self, split: str) -> None:
+        nll, acc = getattr(self, f"{split}_nll"), getattr(self, f"{split}_acc")
         value = nll.compute()
         metrics = {f"{split}/loss": value, f"{split}/ppl": torch.exp(value)}
         metrics[f"{split}/acc"] = acc.compute()
         self.log_dict(metrics, prog_bar=split == "val", sync_dist=False)
         nll.reset()
         acc.reset()
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval(batch, self.val_nll, self.val_acc)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_split("val", self.val_nll, self.val_acc)
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval(batch, self.test_nll, self.test_acc)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_split("test", self.test_nll, self.test_acc)
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """The most likely token at every position, and the labels it is scored against."""

@@ -10,11 +10,10 @@ from torchmetrics import MeanMetric
 
 from lit_unitscale.metrics import G2PErrorRates
 from lit_unitscale.tasks.base import UnitScaledTask
-from lit_unitscale.tasks.common import PredictOnTestSplit
 from lit_unitscale.tasks.decoding import beam_search, greedy_decode
 
 
-class Seq2Seq(PredictOnTestSplit, UnitScaledTask):
+class Seq2Seq(UnitScaledTask):
     """Teacher-forced training of an encoder-decoder; greedy or beam-search decoding.
 
     Validation and test report the teacher-forced loss and perplexity, and the word and
@@ -139,7 +138,9 @@ class Seq2Seq(PredictOnTestSplit, UnitScaledTask):
         return [[ref] for ref in self._strip(labels)]
 
     # -- evaluation --------------------------------------------------------------------------
-    def _eval(self, batch: dict[str, Tensor], split: str, beam_size: int) -> None:
+    def evaluate(self, batch: dict[str, Tensor], split: str) -> None:
+        # Validation decodes cheaply (greedy by default); test uses the full beam.
+        beam_size = self.eval_beam_size if split == "val" else self.beam_size
         loss = self._loss(batch)
         getattr(self, f"{split}_nll").update(
             loss.detach(), weight=int((batch["labels"] != -100).sum())
@@ -147,7 +148,7 @@ class Seq2Seq(PredictOnTestSplit, UnitScaledTask):
         ids = self.decode(batch["input_ids"], batch["attention_mask"], beam_size)
         getattr(self, f"{split}_rates").update(self._strip(ids), self._references(batch, split))
 
-    def _log_split(self, split: str) -> None:
+    def log_split(self, split: str) -> None:
         nll = getattr(self, f"{split}_nll")
         rates = getattr(self, f"{split}_rates")
         value = nll.compute()
@@ -156,18 +157,6 @@ class Seq2Seq(PredictOnTestSplit, UnitScaledTask):
         self.log_dict(metrics, prog_bar=split == "val", sync_dist=False)
         nll.reset()
         rates.reset()
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval(batch, "val", self.eval_beam_size)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_split("val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval(batch, "test", self.beam_size)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_split("test")
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
         """Beam-search outputs: ids, and symbols when the data module can decode them."""
