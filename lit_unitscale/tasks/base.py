@@ -107,6 +107,10 @@ class UnitScaledTask(L.LightningModule):
             self.model.compile()
 
     def setup(self, stage: str) -> None:
+        # On x86 CPUs, arithmetic on denormal floats (|x| < 1.2e-38, e.g. decaying Adam moments)
+        # runs ~100x slower; measured here it made a u-μP step 5x slower. Such values carry no
+        # training signal, so flush them to zero. (No effect where unsupported, e.g. on GPUs.)
+        torch.set_flush_denormal(True)
         # Weight-gradient scales count the global batch (see unit.global_batch).
         if stage == "fit" and self.config.parametrization == "umup":
             global_batch.set_data_parallel(
