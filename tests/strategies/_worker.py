@@ -84,6 +84,8 @@ def run_job(job: dict[str, Any], out: Path, rank: int) -> None:
     for overlay in job.get("overlays", []):
         args += ["--config", str(ROOT / overlay)]
     args += [f"--{k}={v}" for k, v in job.get("set", {}).items()]
+    # Keep the run's files (config.yaml, checkpoints) out of the repository root.
+    args += [f"--trainer.default_root_dir={out / job['name']}"]
     result: dict[str, Any] = {"rank": rank}
     probe = Probe()
     try:
