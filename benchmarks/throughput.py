@@ -93,6 +93,7 @@ def main() -> None:
         help="comma list from: sp, reference, hf, compile",
     )
     args = parser.parse_args()
+    torch.set_flush_denormal(True)  # as lit_unitscale's training does (see tasks/base.py)
     if args.quick:
         args.d_model, args.layers, args.batch, args.seq, args.repeats = 128, 2, 8, 64, 6
     shape = dict(
