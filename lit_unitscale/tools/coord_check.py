@@ -43,6 +43,7 @@ def _activation_rms(task: Any, datamodule: Any, steps: int, seed: int) -> list[d
     import lightning as L
 
     from lit_unitscale.callbacks import ScaleMonitor
+    from lit_unitscale.tools.short_run import short_trainer
 
     monitor = ScaleMonitor(every_n_steps=1, jsonl=False, tensors=("act",), wandb_table=False)
 
@@ -56,18 +57,7 @@ def _activation_rms(task: Any, datamodule: Any, steps: int, seed: int) -> list[d
     keep = Keep()
     keep.rows = []
     L.seed_everything(seed, verbose=False)
-    trainer = L.Trainer(
-        accelerator="auto",
-        devices=1,
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[monitor, keep],
-    )
+    trainer = short_trainer(steps, callbacks=[monitor, keep])
     trainer.fit(task, datamodule=datamodule)
     return keep.rows
 

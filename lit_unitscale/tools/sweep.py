@@ -36,21 +36,10 @@ def train_point(task: Any, datamodule: Any, steps: int, val_batches: int, seed: 
     """
     import lightning as L
 
+    from lit_unitscale.tools.short_run import short_trainer
+
     L.seed_everything(seed, verbose=False)
-    trainer = L.Trainer(
-        accelerator="auto",
-        devices=1,
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=val_batches,
-        val_check_interval=steps,
-        check_val_every_n_epoch=None,
-        gradient_clip_val=1.0,
-    )
+    trainer = short_trainer(steps, val_batches=val_batches, gradient_clip_val=1.0)
     start = time.perf_counter()
     trainer.fit(task, datamodule=datamodule)
     seconds = time.perf_counter() - start
