@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from lit_unitscale.errors import CheckpointMismatchError
 from lit_unitscale.models import ARCHITECTURES, TransformerConfig
@@ -203,9 +203,6 @@ class UnitScaledTask(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.log_split("test")
-
-    def log_loss(self, name: str, loss: Tensor, batch_size: int, **kwargs: Any) -> None:
-        self.log(name, loss, batch_size=batch_size, sync_dist=not self.training, **kwargs)
 
 
 def _checkpoint_blocks(model: nn.Module) -> None:

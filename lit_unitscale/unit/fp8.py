@@ -185,8 +185,3 @@ def out_of_range_fractions(x: Tensor, fmt: FP8Format) -> tuple[Tensor, Tensor]:
     under = ((mag > 0) & (mag < fmt.min_normal)).sum() / n
     over = (mag > fmt.max_value).sum() / n
     return under, over
-
-
-def max_normal_exponent(fmt: FP8Format) -> float:
-    """log2 of the format's max value, for plotting range lines."""
-    return math.log2(fmt.max_value)
