@@ -61,8 +61,6 @@ def run(
         str(run_dir),
         "--trainer.logger.name",
         "csv",
-        "--trainer.enable_progress_bar",
-        "false",
         *extra,
     ]
     if lr is not None:
