@@ -11,7 +11,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from lit_unitscale.errors import RecipeError
 
-from .text_tokenizers import SPECIAL_TOKENS, TokenizerKind, cached_tokenizer, load_tokenizer
+from .text_tokenizers import (
+    PAD,
+    SPECIAL_TOKENS,
+    TokenizerKind,
+    cached_tokenizer,
+    load_tokenizer,
+    token_id,
+)
 
 
 class BaseDataModule(LightningDataModule):
@@ -107,6 +114,12 @@ class TokenizedDataModule(BaseDataModule):
         """The tokenizer in use."""
         self._ensure_prepared()
         return self._tokenizer
+
+    @property
+    def pad_id(self) -> int:
+        """Id of [PAD] (modules whose vocabulary has none override this)."""
+        self._ensure_prepared()
+        return token_id(self._tokenizer, PAD)
 
     @property
     def tokenizer_file(self) -> Path:

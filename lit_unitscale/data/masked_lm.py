@@ -11,7 +11,7 @@ from torch.utils.data import Dataset, get_worker_info
 from .base import TokenizedDataModule, resolve_tokenizer
 from .splits import SPLITS
 from .text_corpora import text_lines
-from .text_tokenizers import CLS, MASK, PAD, SEP, SPECIAL_TOKENS, UNK, token_id
+from .text_tokenizers import CLS, MASK, SEP, SPECIAL_TOKENS, UNK, token_id
 
 IGNORE_INDEX = -100
 
@@ -227,12 +227,6 @@ class MaskedLMData(TokenizedDataModule):
             seed=self.seed,
             fixed_per_example=split != "train",
         )
-
-    @property
-    def pad_id(self) -> int:
-        """Id of [PAD]."""
-        self._ensure_prepared()
-        return token_id(self._tokenizer, PAD)
 
     @property
     def mask_id(self) -> int:

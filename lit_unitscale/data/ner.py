@@ -11,7 +11,7 @@ from .labels import bio_names
 from .packages import WNUT16, fetch
 from .readers import existing_path, read_conll
 from .splits import SPLITS, given_split_files, seeded_split
-from .text_tokenizers import CLS, PAD, SEP, token_id
+from .text_tokenizers import CLS, SEP, token_id
 
 IGNORE_INDEX = -100
 NO_WORD = -1
@@ -165,12 +165,6 @@ class NERData(TokenizedDataModule):
         """(words, tags) per split, as read."""
         self._ensure_prepared()
         return self._sentences
-
-    @property
-    def pad_id(self) -> int:
-        """Id of [PAD]."""
-        self._ensure_prepared()
-        return token_id(self._tokenizer, PAD)
 
     @property
     def num_labels(self) -> int:

@@ -12,7 +12,7 @@ from .labels import class_names
 from .packages import MR, fetch
 from .readers import existing_path, read_text, read_tsv
 from .splits import SPLITS, given_split_files, seeded_split
-from .text_tokenizers import CLS, PAD, SEP, token_id
+from .text_tokenizers import CLS, SEP, token_id
 
 MR_LABELS = ["negative", "positive"]
 MR_FILE = "movieReviewSnippets_GroundTruth.txt"
@@ -141,12 +141,6 @@ class SentimentData(TokenizedDataModule):
 
     def _collate(self, split: str) -> SequenceCollator:
         return SequenceCollator(self.pad_id)
-
-    @property
-    def pad_id(self) -> int:
-        """Id of [PAD]."""
-        self._ensure_prepared()
-        return token_id(self._tokenizer, PAD)
 
     @property
     def num_labels(self) -> int:
