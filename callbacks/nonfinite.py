@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lit_unitscale.callbacks.scale_stats import local_tensor
 from torch import Tensor
 
 from lit_unitscale.errors import TrainingFault
@@ -21,12 +22,6 @@ log = logging.getLogger(__name__)
 
 class NonFiniteError(TrainingFault):
     """Training stopped on a non-finite loss or gradient."""
-
-
-def _local(tensor: Tensor) -> Tensor:
-    # FSDP2 gradients are DTensors: check this rank's shard (ranks then agree by reduction).
-    to_local = getattr(tensor, "to_local", None)
-    return to_local() if to_local is not None else tensor
 
 
 class NonFiniteGuard(L.Callback):
@@ -69,8 +64,10 @@ class NonFiniteGuard(L.Callback):
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        grads = [_local(p.grad) for group in optimizer.param_groups for p in group["params"]]
-        grads = [g for g in grads if g is not None and g.numel()]
+        # FSDP2 gradients are DTensors: check this rank's shard (ranks agree by reduction).
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+        grads = [local_tensor(g) for g in grads if g is not None]
+        grads = [g for g in grads if g.numel()]
         flags = [torch.isfinite(g).all() for g in grads]
         if self._loss_ok is not None:
             flags.append(self._loss_ok.to(flags[0].device) if flags else self._loss_ok)
@@ -107,7 +104,7 @@ class NonFiniteGuard(L.Callback):
             names.get(id(p), "?")
             for group in optimizer.param_groups
             for p in group["params"]
-            if p.grad is not None and not torch.isfinite(_local(p.grad)).all()
+            if p.grad is not None and not torch.isfinite(local_tensor(p.grad)).all()
         ]
         if bad:
             more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
@@ -122,11 +119,7 @@ def _first_non_finite(trainer: L.Trainer, step: int) -> str:
     monitor = next((c for c in trainer.callbacks if isinstance(c, ScaleMonitor)), None)
     if monitor is None:
         return " (add ScaleMonitor to locate the first non-finite layer)"
-    recorder = monitor.recorder
-    if recorder is not None and recorder.active and monitor._step is not None:
-        # The monitor is recording this very step: summarise it now (before the update).
-        monitor._finish(trainer, monitor._step)
-        monitor._step = None
+    monitor.flush(trainer)  # when it is recording this very step: summarise it before the update
     first = monitor.first_non_finite
     if first is None:
         return (

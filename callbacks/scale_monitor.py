@@ -111,8 +111,14 @@ class ScaleMonitor(L.Callback):
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        if self.recorder is not None and self._step is not None:
-            self.recorder.record_params()
+        if self.recorder is None or self._step is None:
+            return
+        # DeepSpeed accumulates by itself and calls this after every micro-batch: read the
+        # gradients only once they are whole.
+        engine = getattr(trainer.strategy, "deepspeed_engine", None)
+        if engine is not None and not engine.is_gradient_accumulation_boundary():
+            return
+        self.recorder.record_params()
 
     def on_train_batch_end(
         self,

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from lit_unitscale.callbacks.scale_layers import find_layers
-from lit_unitscale.callbacks.scale_stats import local_tensor, tensor_stats
+from lit_unitscale.callbacks.scale_stats import local_grad, local_tensor, tensor_stats
 from torch import Tensor, nn
 
 from lit_unitscale.unit import named_param_specs
@@ -122,7 +122,7 @@ class ScaleRecorder:
                 continue
             if "weight" in self.tensors:
                 self._add_sum((layer, "weight"), params)
-            grads = [p.grad for p in params if p.grad is not None]
+            grads = [g for g in map(local_grad, params) if g is not None]
             if "weight_grad" in self.tensors and grads:
                 self._add_sum((layer, "weight_grad"), grads)
             if "update" in self.tensors:

@@ -43,13 +43,56 @@ def resolve_formats(names: Sequence[str]) -> tuple[FP8Format, ...]:
 
 
 def local_tensor(x: Tensor) -> Tensor:
-    """This rank's part of ``x``: the local shard of a DTensor, else ``x`` itself.
+    """This rank's part of ``x``: the local shard of a DTensor (FSDP2), the local partition of
+    a DeepSpeed ZeRO-3 parameter (its padding dropped), else ``x`` itself.
 
     Args:
-        x: a plain tensor or a DTensor (FSDP2 parameters and gradients).
+        x: a plain tensor, a DTensor or a ZeRO-3 partitioned parameter.
     """
     to_local = getattr(x, "to_local", None)
-    return to_local() if callable(to_local) else x
+    if callable(to_local):
+        return to_local()
+    if hasattr(x, "ds_tensor"):
+        return _unpadded(x.ds_tensor, x)
+    return x
+
+
+def local_grad(param: Tensor) -> Tensor | None:
+    """This rank's part of ``param``'s gradient: ``param.grad`` (its local shard under FSDP2),
+    or under DeepSpeed, where ``grad`` is empty, the rank's partition of the reduced gradient
+    (ZeRO-3) or its fragment of it (ZeRO-1/2; empty when the rank holds none of the parameter).
+
+    Args:
+        param: a parameter, with gradients ready (before the optimizer step).
+    """
+    if param.grad is not None:
+        return param.grad
+    if getattr(param, "_z3_optimizer", None) is not None:
+        from deepspeed.utils import safe_get_local_grad
+
+        grad = safe_get_local_grad(param)
+        return None if grad is None else _unpadded(grad, param)
+    if hasattr(param, "_hp_mapping"):
+        mapping = param._hp_mapping
+        if mapping is None:
+            return param.new_zeros(0)
+        grad = mapping.get_lp_grad_fragment(param._index_in_param_group).reshape(-1)
+        address = mapping.lp_fragment_address
+        if grad.numel() == param.numel():  # a full buffer per rank: keep the owned fragment
+            grad = grad.narrow(0, address.start, address.numel)
+        return grad
+    return None
+
+
+def _unpadded(partition: Tensor, param: Tensor) -> Tensor:
+    # ZeRO-3 gives every rank an equal partition; the last ones are padded with zeros, which
+    # must not count as elements.
+    size = partition.numel()
+    import torch.distributed as dist
+
+    rank = dist.get_rank(group=param.ds_process_group) if dist.is_initialized() else 0
+    valid = max(0, min(size, param.ds_numel - rank * size))
+    return partition.reshape(-1)[:valid]
 
 
 def tensor_stats(x: Tensor, formats: Sequence[FP8Format]) -> Tensor:

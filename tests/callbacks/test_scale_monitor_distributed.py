@@ -1,6 +1,7 @@
-"""ScaleMonitor under 2-process DDP and FSDP2 (CPU, gloo) reports the values one process
-reports on the same global batch: activations are reduced over the batch slices, sharded
-weights, gradients and updates over their shards."""
+"""ScaleMonitor under 2-process DDP, FSDP2 and DeepSpeed ZeRO-2/3 (CPU, gloo) reports the values
+one process reports on the same global batch: activations are reduced over the batch slices,
+sharded weights, gradients and updates over their shards (ZeRO-3's padding left out). DeepSpeed
+runs accumulate 2 micro-batches per step, where it calls the optimizer hooks after every one."""
 
 import json
 import os
@@ -34,23 +35,29 @@ def _assert_same(single: list[dict], other: list[dict]) -> None:
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory) -> list[dict]:
-    out = tmp_path_factory.mktemp("single")
-    fit("single", str(out))
-    return _records(out)
+def single(tmp_path_factory) -> dict[int, list[dict]]:
+    """One process's records, keyed by the number of accumulated micro-batches."""
+    runs = {}
+    for accumulate in (1, 2):
+        out = tmp_path_factory.mktemp(f"single{accumulate}")
+        fit("single", str(out), accumulate)
+        runs[accumulate] = _records(out)
+    return runs
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
-def test_two_processes_match_one(mode, single, tmp_path):
+@pytest.mark.parametrize(
+    ("mode", "accumulate"), [("ddp", 1), ("fsdp2", 1), ("deepspeed2", 2), ("deepspeed3", 2)]
+)
+def test_two_processes_match_one(mode, accumulate, single, tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), mode, str(tmp_path)],
+        [sys.executable, str(SCRIPT), mode, str(tmp_path), str(accumulate)],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=300,
         env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _assert_same(single, _records(tmp_path))
+    _assert_same(single[accumulate], _records(tmp_path))
