@@ -84,11 +84,34 @@ def run(
         "precision": precision,
         "parametrization": parametrization,
         "val_loss": val,
+        "fp8_range": fp8_range(run_dir),
         "train_curve": train,
         "seconds": round(seconds, 1),
         "returncode": proc.returncode,
         "error": proc.stderr[-600:] if proc.returncode else "",
     }
+
+
+def fp8_range(run_dir: Path) -> dict:
+    """Per tensor kind, the mean over layers of the share of elements that would underflow or
+    overflow E4M3/E5M2, at the first and the last ScaleMonitor step of the run."""
+    files = sorted(run_dir.glob("**/scales.jsonl"))
+    if not files:
+        return {}
+    records = [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()]
+    out = {}
+    for record in (records[0], records[-1]):
+        kinds: dict[str, dict[str, list[float]]] = {}
+        for tensors in record["layers"].values():
+            for tensor, values in tensors.items():
+                for stat, value in values.items():
+                    if stat != "rms" and math.isfinite(value):
+                        kinds.setdefault(tensor, {}).setdefault(stat, []).append(value)
+        out[f"step {record['step']}"] = {
+            tensor: {stat: round(100 * sum(v) / len(v), 3) for stat, v in stats.items()}
+            for tensor, stats in kinds.items()
+        }
+    return out
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -122,6 +145,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--quick", action="store_true", help="30 steps on the fixture corpus")
     parser.add_argument("--parametrizations", nargs="+", default=["umup", "sp"])
+    parser.add_argument(
+        "--precisions", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS)
+    )
     parser.add_argument("--sp-lr", type=float, default=3e-3, help="peak LR for sp runs")
     parser.add_argument("--out", type=Path, default=Path("runs/low_precision"))
     args = parser.parse_args()
@@ -131,7 +157,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for p in args.parametrizations:
-        for precision in PRECISIONS:
+        for precision in args.precisions:
             lr = args.sp_lr if p == "sp" else None
             rows.append(run(args.recipe, precision, p, args.steps, lr, args.out, extra))
     summary = {}

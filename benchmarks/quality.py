@@ -8,6 +8,10 @@ recipe runs as-is through the CLI, only ``model.parametrization`` overridden; a 
 
     python benchmarks/quality.py --size tiny            # ~5 minutes per parametrization
     python benchmarks/quality.py --size small --parametrizations umup
+    python benchmarks/quality.py --size small --steps-scale 0.25   # a quarter of every schedule
+
+SP runs use ``--sp-lr`` (one Adam LR for every recipe) unless ``--sp-lr 0`` keeps the recipe's
+u-μP base LR, which is not a learning rate SP can use.
 """
 
 from __future__ import annotations
@@ -40,17 +44,31 @@ def recipe_path(base: str, size: str) -> Path:
     return REPO / "recipes" / (f"{base}-small.yaml" if base.endswith("mlm") else f"{base}.yaml")
 
 
-def run(recipe: Path, parametrization: str, subcommand: str, keys: list[str]) -> dict:
+def run(
+    recipe: Path,
+    parametrization: str,
+    subcommand: str,
+    keys: list[str],
+    lr: float | None = None,
+    steps_scale: float = 1.0,
+) -> dict:
     import yaml
 
     from lit_unitscale.cli import make_cli
 
-    name = yaml.safe_load(recipe.read_text())["trainer"]["default_root_dir"]
-    root = REPO / name
+    spec = yaml.safe_load(recipe.read_text())
+    root = REPO / spec["trainer"]["default_root_dir"]
     shutil.rmtree(root, ignore_errors=True)
     common = ["--config", str(recipe), "--model.init_args.model.parametrization", parametrization]
+    if lr:
+        common += ["--model.init_args.lr", str(lr)]
+    schedule = []
+    if steps_scale != 1.0:
+        steps = max(1, round(spec["trainer"]["max_steps"] * steps_scale))
+        every = max(1, round(spec["trainer"].get("val_check_interval", steps) * steps_scale))
+        schedule = ["--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(every)]
     start = time.perf_counter()
-    fit = make_cli(["fit", *common])
+    fit = make_cli(["fit", *common, *schedule])
     fit_s = time.perf_counter() - start
     params = sum(p.numel() for p in fit.model.model.parameters())
     ckpt = root / "checkpoints" / "last.ckpt"
@@ -61,6 +79,7 @@ def run(recipe: Path, parametrization: str, subcommand: str, keys: list[str]) ->
     return {
         "recipe": str(recipe.relative_to(REPO)),
         "parametrization": parametrization,
+        "lr": lr or spec["model"]["init_args"]["lr"],
         "params": params,
         "steps": fit.trainer.global_step,
         "fit_s": round(fit_s, 1),
@@ -74,6 +93,10 @@ def main() -> None:
     parser.add_argument("--size", choices=["tiny", "small"], default="tiny")
     parser.add_argument("--parametrizations", nargs="+", default=["umup", "sp"])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--sp-lr", type=float, default=2e-3, help="Adam LR of every SP run")
+    parser.add_argument(
+        "--steps-scale", type=float, default=1.0, help="multiply every recipe's max_steps"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -84,19 +107,22 @@ def main() -> None:
     rows = []
     for parametrization in args.parametrizations:
         for template, subcommand, keys in PLAN:
-            row = run(recipe_path(template, args.size), parametrization, subcommand, keys)
+            lr = args.sp_lr if parametrization == "sp" else None
+            recipe = recipe_path(template, args.size)
+            row = run(recipe, parametrization, subcommand, keys, lr, args.steps_scale)
             row.update(threads=args.threads, cpu=platform.processor() or platform.machine())
             rows.append(row)
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
-    print("\n| recipe | param. | params | steps | fit s | eval s | metrics |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| recipe | param. | lr | params | steps | fit s | eval s | metrics |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         fixed = {
             "recipe",
             "parametrization",
             "params",
+            "lr",
             "steps",
             "fit_s",
             "eval_s",
@@ -105,8 +131,8 @@ def main() -> None:
         }
         metrics = ", ".join(f"{k} {v}" for k, v in r.items() if k not in fixed)
         print(
-            f"| {r['recipe']} | {r['parametrization']} | {r['params']:,} | {r['steps']} | "
-            f"{r['fit_s']} | {r['eval_s']} | {metrics} |"
+            f"| {r['recipe']} | {r['parametrization']} | {r['lr']:g} | {r['params']:,} | "
+            f"{r['steps']} | {r['fit_s']} | {r['eval_s']} | {metrics} |"
         )
 
 

@@ -1,11 +1,12 @@
-"""ScaleMonitor overhead on the ptb-tiny recipe's model and batch shape (random tokens with
-PTB's 10k vocabulary, so nothing is downloaded).
+"""ScaleMonitor overhead on a recipe's model and batch shape (default ptb-small; random tokens
+with PTB's 10k vocabulary, so nothing is downloaded).
 
 Baseline and monitored runs alternate in one process, several repetitions each; the median
 time per optimizer step over the timed steps is reported, plus the overhead relative to the
 baseline. Results go to docs/scales.md by hand.
 
-    python benchmarks/scale_monitor_overhead.py [--steps 10] [--reps 3] [--every 1 1000]
+    python benchmarks/scale_monitor_overhead.py [--recipe R] [--steps 10] [--reps 3] \\
+        [--every 1 1000]
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lit_unitscale.models import TransformerConfig
 from lit_unitscale.tasks.causal_lm import CausalLM
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes/decoder/ptb-tiny.yaml"
+RECIPE = Path(__file__).resolve().parents[1] / "recipes/decoder/ptb-small.yaml"
 PTB_VOCAB = 10_000
 
 
@@ -89,6 +90,7 @@ def run(recipe: dict, steps: int, warmup: int, every: int | None, root: Path) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", type=Path, default=RECIPE, help="decoder recipe YAML")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--reps", type=int, default=3, help="repetitions of every setting")
@@ -97,7 +99,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     torch.manual_seed(0)
-    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe = yaml.safe_load(args.recipe.read_text())
     settings: list[int | None] = [None, *args.every]
     times: dict[int | None, list[float]] = {s: [] for s in settings}
     for rep in range(args.reps):
@@ -106,7 +108,7 @@ def main() -> None:
             times[s].append(run(recipe, args.steps, args.warmup, s, root))
     base = statistics.median(times[None])
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{args.recipe.name}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{args.steps} timed steps x {args.reps} reps (after {args.warmup} untimed)"
     )
     print("| monitor | step time (median) | overhead | all reps (ms) |")
