@@ -257,14 +257,9 @@ def rms_norm(
         weight: optional elementwise gain.
         eps: added to the mean square.
     """
-    dims = tuple(range(-len(normalized_shape), 0))
-    ms = input.float().pow(2).mean(dims, keepdim=True)
-    out = input / (ms + eps).sqrt().to(input.dtype)
     if weight is not None:
-        out = out * scale_bwd(
-            weight, weight_grad_scale(input.numel() // math.prod(normalized_shape))
-        )
-    return out
+        weight = scale_bwd(weight, weight_grad_scale(input.numel() // math.prod(normalized_shape)))
+    return F.rms_norm(input, tuple(normalized_shape), weight, eps)
 
 
 def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None) -> Tensor:
@@ -390,10 +385,16 @@ def cross_entropy(
     if input.dim() != 2:
         raise ValueError(f"cross_entropy expects (rows, classes) logits, got {tuple(input.shape)}")
     vocab = input.shape[1]
-    input = scale_fwd(scale_bwd(input, vocab / (vocab - 1) ** 0.5), mult)
     loss = F.cross_entropy(
-        input, target, ignore_index=ignore_index, reduction="sum", label_smoothing=label_smoothing
+        scale_fwd(input, mult),
+        target,
+        ignore_index=ignore_index,
+        reduction="sum",
+        label_smoothing=label_smoothing,
     )
+    # The logit-gradient scale, applied where the gradient is one number instead of rows x
+    # classes: the backward is linear in the incoming gradient, so the result is the same.
+    loss = scale_bwd(loss, vocab / (vocab - 1) ** 0.5)
     if reduction == "sum":
         return loss
     if reduction != "mean":
