@@ -1,0 +1,135 @@
+"""Step cost and peak memory of each precision: fp32, bf16-mixed, fp16 with no loss scaler and
+FP8 simulation, for the u-μP decoder, in one process.
+
+Times: the four configurations alternate (forward + backward + AdamW step on the same batch),
+median of ``--repeats``; ratios are against fp32. Peak memory: each configuration runs again in
+a fresh process of its own, which reports its peak RSS (``ru_maxrss``), so one configuration's
+peak cannot hide another's.
+
+    python benchmarks/precision_cost.py --quick    # ~1 minute, one JSON line
+    python benchmarks/precision_cost.py            # the documented numbers (ptb-tiny's shape)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import resource
+import subprocess
+import sys
+from collections.abc import Callable
+
+import torch
+
+from benchmarks.common import emit, interleaved_medians, machine
+from lit_unitscale.models import DecoderLM, TransformerConfig
+from lit_unitscale.unit import fp8, param_groups
+
+PRECISIONS = ("fp32", "bf16-mixed", "fp16-noscale", "fp8-sim")
+
+
+def context(precision: str) -> contextlib.AbstractContextManager:
+    """What the precision plugin wraps forward and backward in (see lit_unitscale.strategies)."""
+    if precision == "bf16-mixed":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if precision == "fp16-noscale":
+        return torch.autocast("cpu", dtype=torch.float16)
+    if precision == "fp8-sim":
+        return fp8.fp8_matmuls()
+    return contextlib.nullcontext()
+
+
+def make_step(precision: str, shape: dict, batch: int) -> Callable[[], None]:
+    """One training step of a fresh u-μP decoder under ``precision``."""
+    torch.manual_seed(0)
+    config = TransformerConfig(
+        vocab_size=shape["vocab"],
+        d_model=shape["d"],
+        n_layers=shape["layers"],
+        n_heads=shape["heads"],
+        max_seq_len=shape["seq"],
+    )
+    model = DecoderLM(config)
+    opt = torch.optim.AdamW(param_groups(model, 1e-3))
+    ids = torch.randint(0, shape["vocab"], (batch, shape["seq"]))
+
+    def step() -> None:
+        with context(precision):
+            loss = model.loss(model(ids), ids)
+            loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def peak_rss_mib(precision: str, shape: dict, batch: int, steps: int) -> float:
+    """Peak RSS of a fresh process running ``steps`` steps of one configuration."""
+    args = [sys.executable, "-m", "benchmarks.precision_cost", "--child", precision]
+    args += ["--child-spec", json.dumps({"shape": shape, "batch": batch, "steps": steps})]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def child(precision: str, spec: dict) -> None:
+    torch.set_flush_denormal(True)
+    step = make_step(precision, spec["shape"], spec["batch"])
+    for _ in range(spec["steps"]):
+        step()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small model, few repeats")
+    parser.add_argument("--d-model", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq", type=int, default=64)
+    parser.add_argument("--vocab", type=int, default=10000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
+    parser.add_argument("--child", choices=PRECISIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--child-spec", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child, json.loads(args.child_spec))
+    torch.set_flush_denormal(True)
+    if args.quick:
+        args.d_model, args.layers, args.batch, args.seq, args.repeats = 64, 2, 8, 32, 3
+    shape = dict(
+        d=args.d_model,
+        layers=args.layers,
+        heads=max(1, args.d_model // 64),
+        vocab=args.vocab,
+        seq=args.seq,
+    )
+    steps = {p: make_step(p, shape, args.batch) for p in args.precisions}
+    timings = interleaved_medians(steps, args.repeats, warmup=1)
+    base = timings.get("fp32", next(iter(timings.values())))["median_s"]
+    tokens = args.batch * args.seq
+    results = {
+        p: {
+            "step_s": round(t["median_s"], 4),
+            "tokens_per_s": round(tokens / t["median_s"], 1),
+            "cost_vs_fp32": round(t["median_s"] / base, 3),
+            "spread_pct": round(100 * (t["max_s"] - t["min_s"]) / t["median_s"], 1),
+            "peak_rss_mib": round(peak_rss_mib(p, shape, args.batch, 2), 1),
+        }
+        for p, t in timings.items()
+    }
+    emit(
+        {
+            "benchmark": "precision_cost",
+            "shape": shape,
+            "batch": args.batch,
+            "repeats": args.repeats,
+            "machine": machine(),
+            "results": results,
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
