@@ -155,15 +155,27 @@ def main() -> None:
     if args.quick:
         args.recipe, args.steps = "tests/fixtures/recipes/decoder-tiny.yaml", 30
     args.out.mkdir(parents=True, exist_ok=True)
+    # Runs already in OUT (same recipe and steps) are kept, so precisions can be added later.
+    saved = args.out / "low_precision.json"
+    done = json.loads(saved.read_text()) if saved.exists() else []
+    done = [r for r in done if r.get("steps") == args.steps and r.get("recipe") == args.recipe]
     rows = []
     for p in args.parametrizations:
         for precision in args.precisions:
+            old = [r for r in done if (r["parametrization"], r["precision"]) == (p, precision)]
+            if old and old[0]["returncode"] == 0:
+                rows.append(old[0])
+                continue
             lr = args.sp_lr if p == "sp" else None
-            rows.append(run(args.recipe, precision, p, args.steps, lr, args.out, extra))
+            row = run(args.recipe, precision, p, args.steps, lr, args.out, extra)
+            rows.append({**row, "steps": args.steps, "recipe": args.recipe})
+    keys = {(r["parametrization"], r["precision"]) for r in rows}
+    rows += [r for r in done if (r["parametrization"], r["precision"]) not in keys]
     summary = {}
     for p in args.parametrizations:
         base = next(
-            r["val_loss"] for r in rows if r["parametrization"] == p and r["precision"] == "fp32"
+            (r["val_loss"] for r in rows if r["parametrization"] == p and r["precision"] == "fp32"),
+            float("nan"),
         )
         summary[p] = {
             r["precision"]: {
@@ -177,7 +189,7 @@ def main() -> None:
             for r in rows
             if r["parametrization"] == p
         }
-    (args.out / "low_precision.json").write_text(json.dumps(rows, indent=1))
+    saved.write_text(json.dumps(rows, indent=1))
     plot(rows, args.out / "low_precision.png")
     print(
         json.dumps(
