@@ -1,13 +1,16 @@
 """Learning-rate × width sweeps and scaling-law fits: the evidence for u-μP's LR transfer.
 
     python -m lit_unitscale sweep --config recipes/decoder/ptb-tiny.yaml \\
-        --widths 64 128 256 --lrs 0.01 0.03 0.1 0.3 1 --steps 200 --out runs/sweep
+        --widths 64 128 256 --lrs 0.25 0.5 1 2 --sp-lrs 0.001 0.002 0.004 0.008 \\
+        --steps 200 --out runs/sweep
 
 For each parametrization, width and LR, the recipe's task is trained for ``--steps`` steps with
 ``d_model`` set to the width (head width kept, so heads grow with width) and evaluated on the
-validation split. Results go to ``results.jsonl`` (one line per run, appended, so a sweep can be
-resumed), ``table.md`` and ``lr_sweep.png`` (loss vs LR, one curve per width — the μP transfer
-picture). ``--fit`` adds a power-law fit of the best loss against parameters and compute.
+validation split. u-μP's base LRs and SP's Adam LRs live on different scales, so SP can be
+given its own grid (``--sp-lrs``). Results go to ``results.jsonl`` (one line per run, appended,
+so a sweep can be resumed), ``table.md`` and ``lr_sweep.png`` (loss vs LR, one curve per width
+— the μP transfer picture). ``--fit`` adds a power-law fit of the best loss against parameters
+and compute.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ def run_sweep(
     out: Path,
     val_batches: int = 20,
     seed: int = 0,
+    sp_lrs: list[float] | None = None,
 ) -> list[dict]:
     """Run every (parametrization, width, lr) point not already in ``out/results.jsonl``.
 
@@ -77,6 +81,7 @@ def run_sweep(
         out: output directory.
         val_batches: validation batches per evaluation.
         seed: seed of every run.
+        sp_lrs: peak learning rates of the ``sp`` runs (default: ``lrs``).
     """
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,7 +92,7 @@ def run_sweep(
     d_head = task.config.d_head
     for p in parametrizations:
         for width in widths:
-            for lr in lrs:
+            for lr in sp_lrs if p == "sp" and sp_lrs else lrs:
                 row = {"parametrization": p, "width": width, "lr": lr, "steps": steps}
                 if key(row) in seen:
                     continue
@@ -170,21 +175,20 @@ def scaling_fit(rows: list[dict], parametrization: str, tokens_per_step: int) ->
 
 
 def write_table(rows: list[dict], out: Path) -> str:
-    """A markdown table: one row per (parametrization, width), one column per LR."""
-    lrs = sorted({r["lr"] for r in rows})
+    """Markdown tables, one per parametrization: a row per width, a column per LR of its grid."""
     best = best_lrs(rows)
-    lines = [
-        "| parametrization | width | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
-        "|---|---|" + "---|" * len(lrs),
-    ]
+    lines: list[str] = []
     for p in sorted({r["parametrization"] for r in rows}):
-        for w in sorted({r["width"] for r in rows if r["parametrization"] == p}):
+        mine = [r for r in rows if r["parametrization"] == p]
+        lrs = sorted({r["lr"] for r in mine})
+        lines += [
+            "| parametrization | width | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
+            "|---|---|" + "---|" * len(lrs),
+        ]
+        for w in sorted({r["width"] for r in mine}):
             cells = []
             for lr in lrs:
-                r = next(
-                    (r for r in rows if (r["parametrization"], r["width"], r["lr"]) == (p, w, lr)),
-                    None,
-                )
+                r = next((r for r in mine if (r["width"], r["lr"]) == (w, lr)), None)
                 if r is None:
                     cells.append("")
                     continue
@@ -195,7 +199,8 @@ def write_table(rows: list[dict], out: Path) -> str:
                     else "diverged"
                 )
             lines.append(f"| {p} | {w} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
+        lines.append("")
+    text = "\n".join(lines)
     (out / "table.md").write_text(text)
     return text
 
@@ -250,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--widths", type=int, nargs="+", required=True, help="d_model values")
     parser.add_argument("--lrs", type=float, nargs="+", required=True, help="peak learning rates")
+    parser.add_argument(
+        "--sp-lrs", type=float, nargs="+", help="peak learning rates of the sp runs (default --lrs)"
+    )
     parser.add_argument("--steps", type=int, default=200, help="optimizer steps per run")
     parser.add_argument(
         "--parametrizations",
@@ -281,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out,
         args.val_batches,
         args.seed,
+        args.sp_lrs,
     )
     rows = [r for r in rows if r["steps"] == args.steps]
     print(write_table(rows, args.out))

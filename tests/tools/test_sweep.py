@@ -67,21 +67,35 @@ def test_sweep_cli_on_a_tiny_grid(tmp_path) -> None:
         "3",
         "--val-batches",
         "1",
+        "--sp-lrs",
+        "0.001",
         "--parametrizations",
         "umup",
+        "sp",
         "--out",
         str(out),
         "--fit",
     ]
     assert main(args) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert {(r["width"], r["lr"]) for r in rows} == {(16, 0.01), (16, 0.1), (32, 0.01), (32, 0.1)}
+    grid = {(r["parametrization"], r["width"], r["lr"]) for r in rows}
+    # SP runs on its own LR grid, u-μP on --lrs.
+    assert grid == {
+        ("umup", 16, 0.01),
+        ("umup", 16, 0.1),
+        ("umup", 32, 0.01),
+        ("umup", 32, 0.1),
+        ("sp", 16, 0.001),
+        ("sp", 32, 0.001),
+    }
     assert all(math.isfinite(r["val_loss"]) and r["val_loss"] > 0 for r in rows)
-    assert rows[0]["params"] < rows[-1]["params"]
+    assert rows[0]["params"] < rows[3]["params"]
     assert (out / "lr_sweep.png").stat().st_size > 10_000
-    assert "| umup | 32 |" in (out / "table.md").read_text()
+    table = (out / "table.md").read_text()
+    assert "| umup | 32 |" in table and "| sp | 32 |" in table
+    assert "| parametrization | width | lr 0.001 |\n" in table  # SP's table has SP's grid only
     summary = json.loads((out / "summary.json").read_text())
     assert "vs_params" in summary["umup"]["scaling"]
     # Rerunning skips finished points (resumable sweeps).
     assert main(args) == 0
-    assert len((out / "results.jsonl").read_text().splitlines()) == 4
+    assert len((out / "results.jsonl").read_text().splitlines()) == 6
