@@ -27,34 +27,54 @@ from typing import Any
 import numpy as np
 
 
-def train_point(task: Any, datamodule: Any, steps: int, val_batches: int, seed: int) -> dict:
-    """Train ``task`` for ``steps`` optimizer steps and return its final validation loss.
+def train_point(
+    task: Any, datamodule: Any, steps: int, val_batches: int, seed: int, val_every: int = 0
+) -> dict:
+    """Train ``task`` for ``steps`` optimizer steps and return its final validation loss (and,
+    with ``val_every``, the validation curve).
 
     Args:
         task: a UnitScaledTask (a fresh copy per run).
         datamodule: the recipe's datamodule.
         steps: optimizer steps.
-        val_batches: validation batches for the final evaluation.
+        val_batches: validation batches per evaluation.
         seed: seed of the initialisation and data order.
+        val_every: also evaluate every this many steps (0: only at the end).
     """
     import lightning as L
 
     from lit_unitscale.tools.short_run import short_trainer
 
+    class Curve(L.Callback):
+        def __init__(self) -> None:
+            self.points: list[list[float]] = []
+
+        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+            loss = trainer.callback_metrics.get("val/loss")
+            if loss is not None and not trainer.sanity_checking:
+                self.points.append([trainer.global_step, round(float(loss), 5)])
+
     L.seed_everything(seed, verbose=False)
-    trainer = short_trainer(steps, val_batches=val_batches, gradient_clip_val=1.0)
+    curve = Curve()
+    extra = {"val_check_interval": val_every} if val_every else {}
+    trainer = short_trainer(steps, [curve], val_batches=val_batches, gradient_clip_val=1.0, **extra)
     start = time.perf_counter()
     trainer.fit(task, datamodule=datamodule)
     seconds = time.perf_counter() - start
+    if curve.points and curve.points[-1][0] != trainer.global_step:
+        trainer.validate(task, datamodule=datamodule, verbose=False)  # the end point
     loss = float(trainer.callback_metrics.get("val/loss", float("nan")))
     params = sum(p.numel() for p in task.model.parameters())
     embed = sum(p.numel() for n, p in task.model.named_parameters() if "embed" in n or "head" in n)
-    return {
+    row = {
         "val_loss": loss,
         "params": params,
         "non_embedding_params": params - embed,
         "seconds": round(seconds, 2),
     }
+    if val_every:
+        row["curve"] = curve.points
+    return row
 
 
 def run_sweep(
@@ -68,6 +88,7 @@ def run_sweep(
     val_batches: int = 20,
     seed: int = 0,
     sp_lrs: list[float] | None = None,
+    val_every: int = 0,
 ) -> list[dict]:
     """Run every (parametrization, width, lr) point not already in ``out/results.jsonl``.
 
@@ -82,6 +103,7 @@ def run_sweep(
         val_batches: validation batches per evaluation.
         seed: seed of every run.
         sp_lrs: peak learning rates of the ``sp`` runs (default: ``lrs``).
+        val_every: record a validation curve, evaluating every this many steps (0: final only).
     """
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,7 +122,7 @@ def run_sweep(
                     task.config, d_model=width, n_heads=max(1, width // d_head), parametrization=p
                 )
                 copy = task.replicate(model=config, lr=lr)
-                row.update(train_point(copy, datamodule, steps, val_batches, seed))
+                row.update(train_point(copy, datamodule, steps, val_batches, seed, val_every))
                 with path.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 done.append(row)
@@ -154,7 +176,9 @@ def fit_power_law(x: list[float], y: list[float]) -> dict[str, float]:
 
 
 def scaling_fit(rows: list[dict], parametrization: str, tokens_per_step: int) -> dict[str, Any]:
-    """Power laws of the best loss per width against parameters and against compute (6·N·D)."""
+    """Power laws of the best final loss per width against parameters and compute (6·N·D), and,
+    when the runs recorded validation curves, of the compute-efficient frontier: the lowest
+    loss reached by any width for a given compute, over every point of every curve."""
     best = sorted(
         (r for (p, _), r in best_lrs(rows).items() if p == parametrization),
         key=lambda r: r["params"],
@@ -164,7 +188,7 @@ def scaling_fit(rows: list[dict], parametrization: str, tokens_per_step: int) ->
     n = [r["non_embedding_params"] or r["params"] for r in best]
     flops = [6 * r["params"] * r["steps"] * tokens_per_step for r in best]
     loss = [r["val_loss"] for r in best]
-    return {
+    fit = {
         "points": [
             {"width": r["width"], "params": r["params"], "lr": r["lr"], "val_loss": r["val_loss"]}
             for r in best
@@ -172,6 +196,73 @@ def scaling_fit(rows: list[dict], parametrization: str, tokens_per_step: int) ->
         "vs_params": fit_power_law(n, loss),
         "vs_compute": fit_power_law(flops, loss),
     }
+    frontier = compute_frontier(best, tokens_per_step)
+    if len(frontier) >= 2:
+        fit["frontier"] = frontier
+        fit["frontier_vs_compute"] = fit_power_law(
+            [p["flops"] for p in frontier], [p["val_loss"] for p in frontier]
+        )
+    return fit
+
+
+def compute_frontier(rows: list[dict], tokens_per_step: int) -> list[dict]:
+    """Points of the runs' validation curves that no cheaper point beats: for each, the width
+    that reached the lowest loss so far at that compute (``6 · params · tokens``).
+
+    Args:
+        rows: runs with a ``curve`` of ``[step, val_loss]`` points.
+        tokens_per_step: tokens in one optimizer step.
+    """
+    points = sorted(
+        (6 * r["params"] * step * tokens_per_step, loss, r["width"], step)
+        for r in rows
+        for step, loss in r.get("curve", [])
+        if step > 0 and math.isfinite(loss)
+    )
+    frontier, lowest = [], math.inf
+    for flops, loss, width, step in points:
+        if loss < lowest:
+            lowest = loss
+            frontier.append({"flops": flops, "val_loss": loss, "width": width, "step": step})
+    return frontier
+
+
+def plot_scaling(rows: list[dict], fit: dict[str, Any], tokens_per_step: int, out: Path) -> Path:
+    """Validation loss against compute, one curve per width, with the frontier's power law."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    cmap = plt.get_cmap("viridis")
+    widths = sorted({r["width"] for r in rows if r.get("curve")})
+    for i, w in enumerate(widths):
+        r = next(r for r in rows if r["width"] == w and r.get("curve"))
+        xs = [6 * r["params"] * s * tokens_per_step for s, _ in r["curve"] if s > 0]
+        ys = [v for s, v in r["curve"] if s > 0]
+        color = cmap(i / max(1, len(widths) - 1))
+        ax.plot(xs, ys, marker=".", color=color, label=f"width {w} ({r['params'] / 1e6:.1f}M)")
+    law = fit.get("frontier_vs_compute")
+    if law:
+        xs = np.geomspace(fit["frontier"][0]["flops"], fit["frontier"][-1]["flops"], 50)
+        ax.plot(
+            xs,
+            law["a"] * xs ** -law["alpha"],
+            "k--",
+            label=f"frontier: {law['a']:.2f}·C^-{law['alpha']:.3f} (R² {law['r2']:.2f})",
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training compute C = 6·params·tokens (FLOPs)")
+    ax.set_ylabel("validation loss")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / f"scaling-{rows[0]['parametrization']}.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def write_table(rows: list[dict], out: Path) -> str:
@@ -270,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of every run")
     parser.add_argument("--out", type=Path, default=Path("runs/sweep"), help="output directory")
     parser.add_argument("--fit", action="store_true", help="fit loss vs parameters and compute")
+    parser.add_argument(
+        "--val-every", type=int, default=0, help="record validation curves every N steps"
+    )
     parser.add_argument("overrides", nargs="*", help="extra CLI overrides for the recipe, after --")
     return parser
 
@@ -290,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         args.val_batches,
         args.seed,
         args.sp_lrs,
+        args.val_every,
     )
     rows = [r for r in rows if r["steps"] == args.steps]
     print(write_table(rows, args.out))
@@ -301,7 +396,10 @@ def main(argv: list[str] | None = None) -> int:
         batch = next(iter(datamodule.train_dataloader()))
         tokens = int(batch["input_ids"].numel())
         for p in args.parametrizations:
-            summary[p]["scaling"] = scaling_fit(rows, p, tokens)
+            summary[p]["scaling"] = fit = scaling_fit(rows, p, tokens)
+            if fit.get("frontier"):
+                mine = [r for r in rows if r["parametrization"] == p]
+                print(f"scaling plot: {plot_scaling(mine, fit, tokens, args.out)}")
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
     return 0

@@ -7,7 +7,14 @@ import math
 
 import pytest
 
-from lit_unitscale.tools.sweep import best_lrs, fit_power_law, main, scaling_fit, transfer_shift
+from lit_unitscale.tools.sweep import (
+    best_lrs,
+    compute_frontier,
+    fit_power_law,
+    main,
+    scaling_fit,
+    transfer_shift,
+)
 from tests.conftest import ROOT
 
 
@@ -50,6 +57,27 @@ def test_best_lr_and_transfer_shift() -> None:
     assert fit["vs_params"]["alpha"] > 0
 
 
+def test_compute_frontier_keeps_the_cheapest_best_points() -> None:
+    # Two widths, 100 tokens per step: the small one (params 10) is best early, the large one
+    # (params 40) overtakes it; points beaten by a cheaper one are dropped.
+    rows = [
+        {"width": 16, "params": 10, "curve": [[0, 9.0], [10, 5.0], [20, 4.0], [40, 3.8]]},
+        {"width": 64, "params": 40, "curve": [[10, 4.5], [20, 3.5], [40, 3.0]]},
+    ]
+    frontier = compute_frontier(rows, tokens_per_step=100)
+    got = [(p["width"], p["step"], p["flops"], p["val_loss"]) for p in frontier]
+    # 6*params*step*100: small 6e4/1.2e5/2.4e5, large 2.4e5/4.8e5/9.6e5 FLOPs.
+    assert got == [
+        (16, 10, 60_000, 5.0),
+        (16, 20, 120_000, 4.0),
+        (16, 40, 240_000, 3.8),
+        (64, 20, 480_000, 3.5),
+        (64, 40, 960_000, 3.0),
+    ]
+    # Ties in compute: the large model's step 10 (2.4e5, loss 4.5) loses to the small one's 3.8.
+    assert (64, 10) not in {(w, s) for w, s, _, _ in got}
+
+
 @pytest.mark.slow
 def test_sweep_cli_on_a_tiny_grid(tmp_path) -> None:
     recipe = str(ROOT / "tests" / "fixtures" / "recipes" / "decoder-tiny.yaml")
@@ -75,6 +103,8 @@ def test_sweep_cli_on_a_tiny_grid(tmp_path) -> None:
         "--out",
         str(out),
         "--fit",
+        "--val-every",
+        "2",
     ]
     assert main(args) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
@@ -96,6 +126,11 @@ def test_sweep_cli_on_a_tiny_grid(tmp_path) -> None:
     assert "| parametrization | width | lr 0.001 |\n" in table  # SP's table has SP's grid only
     summary = json.loads((out / "summary.json").read_text())
     assert "vs_params" in summary["umup"]["scaling"]
+    # Curves: step 2 from the periodic validation, step 3 (the end) evaluated after fit.
+    assert all([p[0] for p in r["curve"]] == [2, 3] for r in rows)
+    assert all(r["curve"][-1][1] == pytest.approx(r["val_loss"], abs=1e-4) for r in rows)
+    assert summary["umup"]["scaling"]["frontier"]
+    assert (out / "scaling-umup.png").stat().st_size > 10_000
     # Rerunning skips finished points (resumable sweeps).
     assert main(args) == 0
     assert len((out / "results.jsonl").read_text().splitlines()) == 6
