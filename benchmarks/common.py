@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -49,3 +50,30 @@ def interleaved_medians(
 def emit(result: dict) -> None:
     """Print the result as one JSON line (what --quick modes promise)."""
     print(json.dumps(result, sort_keys=True))
+
+
+def add_shape_args(
+    parser: argparse.ArgumentParser,
+    d_model: int = 256,
+    layers: int = 4,
+    batch: int = 16,
+    seq: int = 128,
+    vocab: int = 10000,
+) -> None:
+    """The decoder-shape options every step benchmark takes (head width 64)."""
+    parser.add_argument("--d-model", type=int, default=d_model, help="model width")
+    parser.add_argument("--layers", type=int, default=layers, help="transformer blocks")
+    parser.add_argument("--batch", type=int, default=batch, help="sequences per step")
+    parser.add_argument("--seq", type=int, default=seq, help="tokens per sequence")
+    parser.add_argument("--vocab", type=int, default=vocab, help="vocabulary size")
+
+
+def shape_of(args: argparse.Namespace) -> dict[str, int]:
+    """The model shape from :func:`add_shape_args`'s options."""
+    return dict(
+        d=args.d_model,
+        layers=args.layers,
+        heads=max(1, args.d_model // 64),
+        vocab=args.vocab,
+        seq=args.seq,
+    )

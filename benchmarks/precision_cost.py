@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-from benchmarks.common import emit, interleaved_medians, machine
+from benchmarks.common import add_shape_args, emit, interleaved_medians, machine, shape_of
 from lit_unitscale.models import DecoderLM, TransformerConfig
 from lit_unitscale.unit import fp8, param_groups
 
@@ -83,11 +83,7 @@ def child(precision: str, spec: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small model, few repeats")
-    parser.add_argument("--d-model", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--seq", type=int, default=64)
-    parser.add_argument("--vocab", type=int, default=10000)
+    add_shape_args(parser, d_model=128, layers=2, batch=32, seq=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
     parser.add_argument("--child", choices=PRECISIONS, help=argparse.SUPPRESS)
@@ -98,13 +94,7 @@ def main() -> None:
     torch.set_flush_denormal(True)
     if args.quick:
         args.d_model, args.layers, args.batch, args.seq, args.repeats = 64, 2, 8, 32, 3
-    shape = dict(
-        d=args.d_model,
-        layers=args.layers,
-        heads=max(1, args.d_model // 64),
-        vocab=args.vocab,
-        seq=args.seq,
-    )
+    shape = shape_of(args)
     steps = {p: make_step(p, shape, args.batch) for p in args.precisions}
     timings = interleaved_medians(steps, args.repeats, warmup=1)
     base = timings.get("fp32", next(iter(timings.values())))["median_s"]

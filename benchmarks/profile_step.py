@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import emit, machine
+from benchmarks.common import add_shape_args, emit, machine, shape_of
 from benchmarks.throughput import ours
 
 # Kernels a compiler cannot make cheaper on CPU (it calls the same GEMM / attention / softmax
@@ -51,11 +51,7 @@ def op_times(step, steps: int) -> tuple[dict[str, float], dict[str, int]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small model, 2 steps")
-    parser.add_argument("--d-model", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--vocab", type=int, default=10000)
+    add_shape_args(parser)
     parser.add_argument("--steps", type=int, default=5, help="profiled steps per model")
     parser.add_argument("--top", type=int, default=15, help="ops listed")
     parser.add_argument("--out", type=Path, help="write the table as markdown here")
@@ -63,13 +59,7 @@ def main() -> None:
     torch.set_flush_denormal(True)
     if args.quick:
         args.d_model, args.layers, args.batch, args.seq, args.steps = 128, 2, 8, 64, 2
-    shape = dict(
-        d=args.d_model,
-        layers=args.layers,
-        heads=max(1, args.d_model // 64),
-        vocab=args.vocab,
-        seq=args.seq,
-    )
+    shape = shape_of(args)
     ids = torch.randint(0, args.vocab, (args.batch, args.seq))
     results = {}
     for name in ("umup", "sp"):

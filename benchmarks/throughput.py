@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from benchmarks.common import emit, interleaved_medians, machine
+from benchmarks.common import add_shape_args, emit, interleaved_medians, machine, shape_of
 from lit_unitscale.models import DecoderLM, TransformerConfig
 from lit_unitscale.unit import param_groups
 
@@ -81,11 +81,7 @@ def _step(loss_fn, opt):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small model, few repeats")
-    parser.add_argument("--d-model", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--vocab", type=int, default=10000)
+    add_shape_args(parser)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument(
         "--baselines",
@@ -96,13 +92,7 @@ def main() -> None:
     torch.set_flush_denormal(True)  # as lit_unitscale's training does (see tasks/base.py)
     if args.quick:
         args.d_model, args.layers, args.batch, args.seq, args.repeats = 128, 2, 8, 64, 6
-    shape = dict(
-        d=args.d_model,
-        layers=args.layers,
-        heads=max(1, args.d_model // 64),
-        vocab=args.vocab,
-        seq=args.seq,
-    )
+    shape = shape_of(args)
     ids = torch.randint(0, args.vocab, (args.batch, args.seq))
     steps = {"umup": ours("umup", **shape)}
     wanted = set(args.baselines.split(","))
