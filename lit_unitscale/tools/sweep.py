@@ -233,6 +233,7 @@ def plot_scaling(rows: list[dict], fit: dict[str, Any], tokens_per_step: int, ou
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (ScalarFormatter below)
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     cmap = plt.get_cmap("viridis")
@@ -254,6 +255,8 @@ def plot_scaling(rows: list[dict], fit: dict[str, Any], tokens_per_step: int, ou
         )
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("training compute C = 6·params·tokens (FLOPs)")
     ax.set_ylabel("validation loss")
     ax.grid(alpha=0.3, which="both")
