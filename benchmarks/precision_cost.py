@@ -3,7 +3,7 @@ FP8 simulation, for the u-μP decoder, in one process.
 
 Times: the four configurations alternate (forward + backward + AdamW step on the same batch),
 median of ``--repeats``; ratios are against fp32. Peak memory: each configuration runs again in
-a fresh process of its own, which reports its peak RSS (``ru_maxrss``), so one configuration's
+a fresh process of its own, which reports its peak RSS (``VmHWM``), so one configuration's
 peak cannot hide another's.
 
     python benchmarks/precision_cost.py --quick    # ~1 minute, one JSON line
@@ -19,6 +19,7 @@ import resource
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -77,7 +78,16 @@ def child(precision: str, spec: dict) -> None:
     step = make_step(precision, spec["shape"], spec["batch"])
     for _ in range(spec["steps"]):
         step()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
+    print(peak_rss_self_mib())
+
+
+def peak_rss_self_mib() -> float:
+    """This process's peak RSS. ``ru_maxrss`` would not do: Linux carries it across the exec
+    that started this process, so it can report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
