@@ -28,7 +28,13 @@ import numpy as np
 
 
 def train_point(
-    task: Any, datamodule: Any, steps: int, val_batches: int, seed: int, val_every: int = 0
+    task: Any,
+    datamodule: Any,
+    steps: int,
+    val_batches: int,
+    seed: int,
+    val_every: int = 0,
+    root: Path | None = None,
 ) -> dict:
     """Train ``task`` for ``steps`` optimizer steps and return its final validation loss (and,
     with ``val_every``, the validation curve).
@@ -40,6 +46,7 @@ def train_point(
         val_batches: validation batches per evaluation.
         seed: seed of the initialisation and data order.
         val_every: also evaluate every this many steps (0: only at the end).
+        root: the run directory (default: a temporary one).
     """
     import lightning as L
 
@@ -57,7 +64,9 @@ def train_point(
     L.seed_everything(seed, verbose=False)
     curve = Curve()
     extra = {"val_check_interval": val_every} if val_every else {}
-    trainer = short_trainer(steps, [curve], val_batches=val_batches, gradient_clip_val=1.0, **extra)
+    trainer = short_trainer(
+        steps, [curve], val_batches=val_batches, root=root, gradient_clip_val=1.0, **extra
+    )
     start = time.perf_counter()
     trainer.fit(task, datamodule=datamodule)
     seconds = time.perf_counter() - start
@@ -122,7 +131,10 @@ def run_sweep(
                     task.config, d_model=width, n_heads=max(1, width // d_head), parametrization=p
                 )
                 copy = task.replicate(model=config, lr=lr)
-                row.update(train_point(copy, datamodule, steps, val_batches, seed, val_every))
+                scratch = out / "scratch"  # what a run writes (an MLM task's tokenizer copy)
+                row.update(
+                    train_point(copy, datamodule, steps, val_batches, seed, val_every, scratch)
+                )
                 with path.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 done.append(row)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
+from lit_unitscale.tools.short_run import short_trainer
 from lit_unitscale.tools.sweep import (
     best_lrs,
     compute_frontier,
@@ -134,3 +136,10 @@ def test_sweep_cli_on_a_tiny_grid(tmp_path) -> None:
     # Rerunning skips finished points (resumable sweeps).
     assert main(args) == 0
     assert len((out / "results.jsonl").read_text().splitlines()) == 6
+
+
+def test_short_runs_never_write_to_the_working_directory(tmp_path) -> None:
+    # An MLM task copies its tokenizer into default_root_dir; a tool's short run must not put
+    # it (or anything) into the directory the user ran the tool from.
+    assert Path(short_trainer(1).default_root_dir).resolve() != Path.cwd().resolve()
+    assert Path(short_trainer(1, root=tmp_path).default_root_dir) == tmp_path
