@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from lit_unitscale.unit.fp8 import FORMATS, FP8Format
@@ -88,8 +89,6 @@ def _unpadded(partition: Tensor, param: Tensor) -> Tensor:
     # ZeRO-3 gives every rank an equal partition; the last ones are padded with zeros, which
     # must not count as elements.
     size = partition.numel()
-    import torch.distributed as dist
-
     rank = dist.get_rank(group=param.ds_process_group) if dist.is_initialized() else 0
     valid = max(0, min(size, param.ds_numel - rank * size))
     return partition.reshape(-1)[:valid]
