@@ -10,6 +10,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+import lightning as L
 import torch
 
 
@@ -77,3 +78,19 @@ def shape_of(args: argparse.Namespace) -> dict[str, int]:
         vocab=args.vocab,
         seq=args.seq,
     )
+
+
+class StepTimer(L.Callback):
+    """Wall time of the optimizer steps after the first ``warmup``, for Trainer benchmarks."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.t0, self.steps, self.elapsed = warmup, None, 0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.warmup and self.t0 is None:
+            self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.t0 is not None:
+            self.steps += 1
+            self.elapsed = time.perf_counter() - self.t0

@@ -21,28 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import lightning as L
 import torch
 
-from benchmarks.common import emit, machine
+from benchmarks.common import StepTimer, emit, machine
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class StepTimer(L.Callback):
-    """Wall time of the optimizer steps after the first ``warmup``."""
-
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.t0, self.steps, self.elapsed = warmup, None, 0, 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.warmup and self.t0 is None:
-            self.t0 = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.t0 is not None:
-            self.steps += 1
-            self.elapsed = time.perf_counter() - self.t0
 
 
 def _cli(recipe: str, steps: int, root: str):
@@ -70,7 +53,7 @@ def bare_trainer(recipe: str, steps: int, warmup: int) -> float:
         cli = _cli(recipe, warmup + steps, root)
         timer = StepTimer(warmup)
         clip = cli.trainer.gradient_clip_val
-        trainer = short_trainer(warmup + steps, [timer], gradient_clip_val=clip)
+        trainer = short_trainer(warmup + steps, [timer], root=root, gradient_clip_val=clip)
         trainer.fit(cli.model, datamodule=cli.datamodule)
     return timer.elapsed / timer.steps
 

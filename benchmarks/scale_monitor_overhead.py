@@ -5,7 +5,7 @@ Baseline and monitored runs alternate in one process, several repetitions each; 
 time per optimizer step over the timed steps is reported, plus the overhead relative to the
 baseline. Results go to docs/scales.md by hand.
 
-    python benchmarks/scale_monitor_overhead.py [--recipe R] [--steps 10] [--reps 3] \\
+    python -m benchmarks.scale_monitor_overhead [--recipe R] [--steps 10] [--reps 3] \\
         [--every 1 1000]
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import time
 from pathlib import Path
 
 import lightning as L
@@ -23,27 +22,12 @@ import yaml
 from lit_unitscale.callbacks import ScaleMonitor
 from torch.utils.data import DataLoader, TensorDataset
 
+from benchmarks.common import StepTimer
 from lit_unitscale.models import TransformerConfig
 from lit_unitscale.tasks.causal_lm import CausalLM
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes/decoder/ptb-small.yaml"
 PTB_VOCAB = 10_000
-
-
-class StepTimer(L.Callback):
-    """Wall time of optimizer steps after ``warmup`` steps."""
-
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.t0, self.steps = warmup, None, 0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.warmup:
-            self.t0 = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.t0 is not None:
-            self.steps += 1
-            self.elapsed = time.perf_counter() - self.t0
 
 
 class Batches(L.LightningDataModule):

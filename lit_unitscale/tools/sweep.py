@@ -198,7 +198,7 @@ def scaling_fit(rows: list[dict], parametrization: str, tokens_per_step: int) ->
     if len(best) < 2:
         return {}
     n = [r["non_embedding_params"] or r["params"] for r in best]
-    flops = [6 * r["params"] * r["steps"] * tokens_per_step for r in best]
+    flops = [compute(r, r["steps"], tokens_per_step) for r in best]
     loss = [r["val_loss"] for r in best]
     fit = {
         "points": [
@@ -217,6 +217,11 @@ def scaling_fit(rows: list[dict], parametrization: str, tokens_per_step: int) ->
     return fit
 
 
+def compute(row: dict, steps: int, tokens_per_step: int) -> float:
+    """Training FLOPs of a run after ``steps`` steps: 6 · parameters · tokens."""
+    return 6 * row["params"] * steps * tokens_per_step
+
+
 def compute_frontier(rows: list[dict], tokens_per_step: int) -> list[dict]:
     """Points of the runs' validation curves that no cheaper point beats: for each, the width
     that reached the lowest loss so far at that compute (``6 · params · tokens``).
@@ -226,7 +231,7 @@ def compute_frontier(rows: list[dict], tokens_per_step: int) -> list[dict]:
         tokens_per_step: tokens in one optimizer step.
     """
     points = sorted(
-        (6 * r["params"] * step * tokens_per_step, loss, r["width"], step)
+        (compute(r, step, tokens_per_step), loss, r["width"], step)
         for r in rows
         for step, loss in r.get("curve", [])
         if step > 0 and math.isfinite(loss)
@@ -252,7 +257,7 @@ def plot_scaling(rows: list[dict], fit: dict[str, Any], tokens_per_step: int, ou
     widths = sorted({r["width"] for r in rows if r.get("curve")})
     for i, w in enumerate(widths):
         r = next(r for r in rows if r["width"] == w and r.get("curve"))
-        xs = [6 * r["params"] * s * tokens_per_step for s, _ in r["curve"] if s > 0]
+        xs = [compute(r, s, tokens_per_step) for s, _ in r["curve"] if s > 0]
         ys = [v for s, v in r["curve"] if s > 0]
         color = cmap(i / max(1, len(widths) - 1))
         ax.plot(xs, ys, marker=".", color=color, label=f"width {w} ({r['params'] / 1e6:.1f}M)")
