@@ -24,6 +24,8 @@ class Attention(UnitModule):
         self.n_heads, self.kv_heads, self.d_head = config.n_heads, config.kv_heads, dh
         self.causal, self.cross = causal, cross
         self.mult, self.dropout_p = config.attn_mult, config.dropout
+        # A constant of the architecture, never the runtime length (see TransformerConfig).
+        self.scale_len = config.attn_scale_len or config.max_seq_len
         self.q = Linear(d, self.n_heads * dh, parametrization=p)
         self.kv = Linear(d, 2 * self.kv_heads * dh, parametrization=p)
         self.o = Linear(self.n_heads * dh, d, parametrization=p)
@@ -47,19 +49,15 @@ class Attention(UnitModule):
         )
         if rope is not None and not self.cross:
             q, k = rope(q), rope(k)
-        causal = self.causal and not self.cross
-        if causal and mask is not None:
-            # torch refuses is_causal with an explicit mask: fold causality into the mask.
-            keep = x.new_ones(t, t, dtype=bool).tril()
-            mask = mask & keep if mask.dtype == bool else mask.masked_fill(~keep, float("-inf"))
-            causal = False
         out = self.F.scaled_dot_product_attention(
             q,
             k,
             v,
             attn_mask=mask,
-            dropout_p=self.dropout_p if self.training else 0.0,
-            is_causal=causal,
+            dropout_p=self.dropout_p,
+            is_causal=self.causal and not self.cross,
             mult=self.mult,
+            scale_len=self.scale_len,
+            training=self.training,
         )
         return self.o(out.transpose(1, 2).reshape(b, t, self.n_heads * self.d_head))

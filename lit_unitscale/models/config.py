@@ -36,6 +36,11 @@ class TransformerConfig:
     """Position encoding."""
     max_seq_len: int = 512
     """Longest sequence (learned/sinusoidal tables, RoPE cache)."""
+    attn_scale_len: int | None = None
+    """u-μP: key count the attention output scale is computed for (None: max_seq_len). The
+    scale is a constant of the model, so outputs do not depend on runtime length or padding;
+    attention outputs have unit RMS at init at this length (for a cross-attention: this many
+    source tokens)."""
     relative_buckets: int = 32
     """Buckets of the T5-style relative position bias."""
     relative_max_distance: int = 128
@@ -82,6 +87,10 @@ class TransformerConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first impossible field."""
+        if self.attn_scale_len is not None and self.attn_scale_len <= 0:
+            raise ConfigError(
+                f"model config: attn_scale_len must be > 0, got {self.attn_scale_len}"
+            )
         for name in ("d_model", "n_layers", "n_heads", "max_seq_len"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"model config: {name} must be > 0, got {getattr(self, name)}")

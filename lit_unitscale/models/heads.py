@@ -51,10 +51,15 @@ class _Readout(UnitModule):
             if tied is not None
             else LinearReadout(config.d_model, out_features, parametrization=config.parametrization)
         )
+        if tied is not None and config.parametrization == "sp":
+            # A plain N(0, 1) table read out unscaled gives logits of std √d_model (initial
+            # loss ~30x ln V at d 256); a tied table starts as GPT-2 and transformers start it.
+            nn.init.normal_(tied.weight, std=0.02)
 
-    def forward(self, h: Tensor) -> Tensor:
+    def forward(self, h: Tensor, tokens: int | None = None) -> Tensor:
+        """``tokens``: reads of a tied table in the whole step (None: this call's)."""
         if self.tied is not None:
-            return self.F.linear_readout(h, self.tied.weight, None)
+            return self.F.linear_readout(h, self.tied.weight, None, tokens=tokens)
         return self.proj(h)
 
 
@@ -117,7 +122,9 @@ class Seq2SeqLM(_WithHead):
         decoder_input_ids: Tensor,
         attention_mask: Tensor | None = None,
     ) -> Tensor:
-        return self.head(self.model(input_ids, decoder_input_ids, attention_mask))
+        hidden = self.model(input_ids, decoder_input_ids, attention_mask)
+        # A table shared by both sides and tied to the readout: all three reads count alike.
+        return self.head(hidden, self.model.table_reads(input_ids, decoder_input_ids))
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         return self.model.encode(input_ids, attention_mask)

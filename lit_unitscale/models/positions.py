@@ -45,17 +45,20 @@ class AbsolutePositions(UnitModule):
         else:
             self.register_buffer("sinusoid", sinusoidal_table(max_len, dim), persistent=False)
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+    def forward(self, x: Tensor, offset: int = 0, tokens: int | None = None) -> Tensor:
+        """Add positions ``offset ...`` to ``x`` (batch, length, dim); ``tokens``: lookups of
+        the learned table in the whole step (None: this call's)."""
         batch, length = x.shape[:2]
         if self.kind == "learned":
             # Look up one row per token (not per position broadcast over the batch), so the
             # table's gradient scale counts every token that used it.
             idx = torch.arange(offset, offset + length, device=x.device).expand(batch, length)
-            pos = self.table(idx).to(x.dtype)
+            pos = self.table(idx, tokens).to(x.dtype)
         else:
             pos = self.sinusoid[offset : offset + length].to(x.dtype)
-        # Equal-weight merge keeps unit RMS (umup); sp adds plainly.
-        return self.F.residual_add(pos.expand_as(x), x, tau=1.0)
+        # Equal-weight sum keeps unit RMS (umup) with the same factor on both gradients, so a
+        # token table also used as the readout (tied) keeps a valid gradient; sp adds plainly.
+        return self.F.add(x, pos.expand_as(x))
 
 
 class RotaryEmbedding(nn.Module):
@@ -136,8 +139,11 @@ class RelativePositionBias(UnitModule):
     ) -> None:
         super().__init__(parametrization)
         self.bidirectional, self.buckets, self.max_distance = bidirectional, buckets, max_distance
-        # A bias on logits: u-μP treats it like any bias (LR ×1, no weight decay).
-        init = torch.randn(buckets, n_heads) * (1.0 if parametrization == "umup" else 0.02)
+        # A bias on logits: u-μP treats it like any bias (zero init, LR ×1, no weight decay);
+        # N(0, 1) would start it ~√d_head times larger than the content logits.
+        init = torch.zeros(buckets, n_heads)
+        if parametrization == "sp":
+            init.normal_(std=0.02)
         self._register("weight", nn.Parameter(init), "bias", n_heads)
 
     def forward(self, q_len: int, k_len: int, device: torch.device) -> Tensor:

@@ -63,9 +63,10 @@ class MLP(UnitModule):
         p, d, h = config.parametrization, config.d_model, config.d_ff
         self.kind, self.mult = config.mlp, config.ffn_act_mult
         if self.kind == "swiglu":
-            # The gate and up projections mirror the down projection, so constraint=None
-            # keeps forward and backward scales separate without breaking consistency.
-            self.up = Linear(d, 2 * h, parametrization=p, constraint=None)
+            # Gate and up are two h-wide projections fused into one matmul; each mirrors the
+            # down projection, so constraint=None keeps forward and backward scales separate
+            # while the branch's backward factors multiply to its forward ones (valid).
+            self.up = Linear(d, 2 * h, parametrization=p, constraint=None, parts=2)
             self.down = Linear(h, d, parametrization=p, constraint=None)
         else:
             self.up = Linear(d, h, parametrization=p)
@@ -107,6 +108,12 @@ class Block(UnitModule):
 
     def _branch(self, x: Tensor, tau: float, norm: nn.Module, fn, **kwargs) -> Tensor:
         residual, skip = self.F.residual_split(x, tau)
+        # Other tensors the branch reads (memory, a shared position bias) get the same
+        # backward weight as the stream, so their gradients summed over branches stay valid.
+        kwargs = {
+            k: self.F.residual_read(v, tau) if isinstance(v, Tensor) and v.requires_grad else v
+            for k, v in kwargs.items()
+        }
         residual = fn(norm(residual), **kwargs)
         residual = self.F.dropout(residual, self.dropout_p, self.training)
         return self.F.residual_add(residual, skip, tau)
@@ -154,6 +161,10 @@ class TransformerStack(UnitModule):
             Block(config, causal, cross_attend, taus[i * k : (i + 1) * k]) for i in range(n)
         )
         set_depth(self.layers, n)
+        # Each layer's cross-attention reads the memory with its branch's backward weight;
+        # this factor brings their sum back to unit RMS (one constant for every read).
+        cross = [taus[i * k + 1] for i in range(n)] if cross_attend else []
+        self.memory_grad_scale = sum(t**2 / (1 + t**2) for t in cross) ** -0.5 if cross else 1.0
         self.final_norm = make_norm(config)
         self.final_norm.monitor_role = "final_norm"
         self.causal = causal

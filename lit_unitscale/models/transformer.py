@@ -33,15 +33,13 @@ class TokenEmbedding(UnitModule):
             else None
         )
         self.dropout_p = config.dropout
-        self.uses = 1  # how many inputs share this table (encoder-decoders with one vocabulary)
 
-    def forward(self, ids: Tensor) -> Tensor:
-        x = self.tokens(ids)
-        if self.uses > 1 and self.parametrization == "umup":
-            # The table's gradient sums one unit-scaled contribution per use.
-            x = self.F.scale_bwd(x, self.uses**-0.5)
+    def forward(self, ids: Tensor, tokens: int | None = None) -> Tensor:
+        """``tokens``: lookups of these tables in the whole step, when they are read more than
+        once (an encoder-decoder with one vocabulary); None: this call's."""
+        x = self.tokens(ids, tokens)
         if self.positions is not None:
-            x = self.positions(x)
+            x = self.positions(x, tokens=tokens)
         return self.F.dropout(x, self.dropout_p, self.training)
 
 
@@ -57,8 +55,11 @@ class Encoder(UnitModule):
         self.embed = TokenEmbedding(config, config.vocab_size)
         self.stack = TransformerStack(config, causal=False)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        return self.stack(self.embed(input_ids), key_mask=attention_mask)
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, tokens: int | None = None
+    ) -> Tensor:
+        """``tokens``: lookups of the embedding in the whole step (None: this call's)."""
+        return self.stack(self.embed(input_ids, tokens), key_mask=attention_mask)
 
 
 class Decoder(UnitModule):
@@ -89,25 +90,45 @@ class EncoderDecoder(UnitModule):
         self.encoder = Encoder(config)
         tgt_vocab = config.tgt_vocab_size or config.vocab_size
         self.shared_embedding = config.tgt_vocab_size is None
-        if self.shared_embedding:
-            self.encoder.embed.uses = 2
         self.tgt_embed = None if self.shared_embedding else TokenEmbedding(config, tgt_vocab)
         self.decoder = TransformerStack(
             config, causal=True, cross_attend=True, n_layers=config.n_decoder_layers
         )
 
-    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        return self.encoder(input_ids, attention_mask)
+    def encode(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, tokens: int | None = None
+    ) -> Tensor:
+        """``tokens``: lookups of the shared embedding in the whole step (None: this call's)."""
+        x = self.encoder.embed(input_ids, tokens)
+        if self.shared_embedding and self.parametrization == "umup":
+            # The memory's gradient is scaled by memory_grad_scale (see decode); undo it on the
+            # path back to a table the decoder also reads, so both reads stay alike.
+            x = self.F.scale_bwd(x, 1 / self.decoder.memory_grad_scale)
+        return self.encoder.stack(x, key_mask=attention_mask)
 
     def decode(
-        self, decoder_input_ids: Tensor, memory: Tensor, memory_mask: Tensor | None = None
+        self,
+        decoder_input_ids: Tensor,
+        memory: Tensor,
+        memory_mask: Tensor | None = None,
+        tokens: int | None = None,
     ) -> Tensor:
+        """Every decoder layer's cross-attention reads ``memory``; each read carries its
+        branch's backward weight (``residual_read``), so the summed gradient is valid, and one
+        constant brings the sum back to unit RMS.
+        ``tokens``: lookups of the shared embedding in the whole step (None: this call's)."""
         embed = self.encoder.embed if self.shared_embedding else self.tgt_embed
         if self.parametrization == "umup":
-            # Every decoder layer reads the memory: its gradient sums len(layers) unit-scaled
-            # contributions, so scale it back to unit.
-            memory = self.F.scale_bwd(memory, len(self.decoder.layers) ** -0.5)
-        return self.decoder(embed(decoder_input_ids), memory=memory, memory_key_mask=memory_mask)
+            memory = self.F.scale_bwd(memory, self.decoder.memory_grad_scale)
+        x = embed(decoder_input_ids, tokens)
+        return self.decoder(x, memory=memory, memory_key_mask=memory_mask)
+
+    def table_reads(self, input_ids: Tensor, decoder_input_ids: Tensor) -> int | None:
+        """Lookups of the shared embedding in one step (None when each side has its own):
+        both reads then carry the same backward factor."""
+        if not self.shared_embedding:
+            return None
+        return input_ids.numel() + decoder_input_ids.numel()
 
     def forward(
         self,
@@ -115,5 +136,6 @@ class EncoderDecoder(UnitModule):
         decoder_input_ids: Tensor,
         attention_mask: Tensor | None = None,
     ) -> Tensor:
-        memory = self.encode(input_ids, attention_mask)
-        return self.decode(decoder_input_ids, memory, attention_mask)
+        tokens = self.table_reads(input_ids, decoder_input_ids)
+        memory = self.encode(input_ids, attention_mask, tokens)
+        return self.decode(decoder_input_ids, memory, attention_mask, tokens)

@@ -38,7 +38,10 @@ __all__ = [
     "embedding",
     "residual_split",
     "residual_add",
+    "residual_read",
+    "add",
     "residual_tau",
+    "attention_scale",
     "scaled_dot_product_attention",
     "cross_entropy",
 ]
@@ -146,14 +149,19 @@ def softmax(
 def dropout(input: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     """Dropout rescaled so that the output keeps unit RMS (torch's 1/(1-p) is undone by √(1-p)).
 
+    In eval mode the output is the train-mode mean, ``√(1-p) · input``, so a model computes
+    the same expected function in both modes.
+
     Args:
         input: input tensor.
         p: drop probability.
-        training: apply dropout (identity when False).
+        training: apply dropout (else return the train-mode mean).
     """
-    if not training or p == 0.0:
+    if p == 0.0:
         return input
     s = (1 - p) ** 0.5
+    if not training:
+        return scale(input, fwd=s, bwd=s)
     return scale(F.dropout(scale_bwd(input, s), p, training), fwd=s)
 
 
@@ -177,8 +185,14 @@ def linear(
     bias: Tensor | None,
     constraint: Constraint = "to_output_scale",
     scale_power: tuple[float, float, float] = (0.5, 0.5, 0.5),
+    parts: int = 1,
+    tokens: int | None = None,
 ) -> Tensor:
     """Unit-scaled ``input @ weight.T + bias``.
+
+    The bias is added to the unit-scaled product unscaled (so its effect, and with u-μP's LR
+    multiplier 1 its learning rate, does not shrink with fan-in; the reference library scales
+    it with the product).
 
     Args:
         input: ``(..., fan_in)`` tensor.
@@ -186,29 +200,38 @@ def linear(
         bias: optional ``(fan_out,)`` bias.
         constraint: scale constraint between output and input gradient.
         scale_power: powers for the (output, input-grad, weight-grad) scales.
+        parts: equal projections fused into this one (SwiGLU's gate and up: 2); the
+            input-gradient scale counts the width of one part, as separate projections would.
+        tokens: rows the weight's gradient sums over in this step (None: this call's); a
+            weight read several times in one step passes the total, so every read carries the
+            same backward factor.
     """
     fan_out, fan_in = weight.shape
-    tokens = input.numel() // fan_in
+    tokens = tokens or input.numel() // fan_in
     out_s, in_s = apply_constraint(
-        constraint, fan_in ** -scale_power[0], fan_out ** -scale_power[1]
+        constraint, fan_in ** -scale_power[0], (fan_out // parts) ** -scale_power[1]
     )
     w_s = weight_grad_scale(tokens) ** (scale_power[2] / 0.5)
+    bias = scale_bwd(bias, w_s) if bias is not None else None
     if fp8.fp8_enabled():
         # FP8 simulation quantises the unit-scaled operands themselves, so scale outside.
         input, weight = fp8.matmul_inputs(scale_bwd(input, in_s), scale_bwd(weight, w_s))
-        bias = scale_bwd(bias, w_s) if bias is not None else None
-        return scale_fwd(fp8.matmul_output(F.linear(input, weight, bias)), out_s)
+        out = scale_fwd(fp8.matmul_output(F.linear(input, weight)), out_s)
+        return out + bias if bias is not None else out
     # Same maths, cheaper: fold the output scale into the weight (fan_in x fan_out elements
     # instead of tokens x fan_out). Through x @ (out_s * w).T autograd already scales the
     # input gradient by out_s, so only the remaining in_s / out_s is applied (none at all under
     # to_output_scale); the weight's own gradient scale replaces out_s in its backward.
     weight = scale(weight, fwd=out_s, bwd=w_s)
-    bias = scale(bias, fwd=out_s, bwd=w_s) if bias is not None else None
     return F.linear(scale_bwd(input, in_s / out_s), weight, bias)
 
 
 def linear_readout(
-    input: Tensor, weight: Tensor, bias: Tensor | None, constraint: Constraint = None
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    constraint: Constraint = None,
+    tokens: int | None = None,
 ) -> Tensor:
     """Unit-scaled output projection: forward scale ``1/fan_in`` (u-μP's readout rule).
 
@@ -217,8 +240,11 @@ def linear_readout(
         weight: ``(fan_out, fan_in)`` weight.
         bias: optional bias.
         constraint: scale constraint; None keeps the backward unit-scaled.
+        tokens: rows the weight's gradient sums over in this step (None: this call's).
     """
-    return linear(input, weight, bias, constraint=constraint, scale_power=(1.0, 0.5, 0.5))
+    return linear(
+        input, weight, bias, constraint=constraint, scale_power=(1.0, 0.5, 0.5), tokens=tokens
+    )
 
 
 def layer_norm(
@@ -262,15 +288,19 @@ def rms_norm(
     return F.rms_norm(input, tuple(normalized_shape), weight, eps)
 
 
-def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None) -> Tensor:
+def embedding(
+    input: Tensor, weight: Tensor, padding_idx: int | None = None, tokens: int | None = None
+) -> Tensor:
     """Embedding lookup with a unit-scaled weight gradient.
 
     Args:
         input: integer indices.
         weight: ``(num_embeddings, dim)`` table.
         padding_idx: index whose row gets no gradient.
+        tokens: lookups the table's gradient sums over in this step (None: this call's); a
+            table read several times in one step passes the total.
     """
-    s = weight.shape[0] ** 0.5 * weight_grad_scale(input.numel())
+    s = weight.shape[0] ** 0.5 * weight_grad_scale(tokens or input.numel())
     return F.embedding(input, scale_bwd(weight, s), padding_idx)
 
 
@@ -297,6 +327,31 @@ def residual_add(residual: Tensor, skip: Tensor, tau: float = 1.0) -> Tensor:
     return scale_fwd(residual, tau / denom) + scale_fwd(skip, 1 / denom)
 
 
+def residual_read(input: Tensor, tau: float = 1.0) -> Tensor:
+    """A tensor other than the stream that a residual branch reads (an encoder's memory, a
+    position bias shared by all layers): its gradient gets the branch's forward weight, as the
+    stream's does in :func:`residual_split`, so every branch that reads it carries the same
+    backward factor and its summed gradient stays valid.
+
+    Args:
+        input: the tensor the branch reads.
+        tau: the branch's τ.
+    """
+    return scale_bwd(input, tau / (1 + tau**2) ** 0.5)
+
+
+def add(left: Tensor, right: Tensor) -> Tensor:
+    """Sum of two independent unit-RMS tensors at unit RMS, ``(left + right) / √2``, with the
+    same factor on both gradients (so each input's gradient is exact up to that constant).
+
+    Args:
+        left: first summand.
+        right: second summand.
+    """
+    s = 2**-0.5
+    return scale(left, fwd=s, bwd=s) + scale(right, fwd=s, bwd=s)
+
+
 def residual_tau(
     index: int, n_branches: int, residual_mult: float = 1.0, residual_attn_ratio: float = 1.0
 ) -> float:
@@ -318,6 +373,48 @@ def residual_tau(
     return alpha / (n_branches / 2 + n_attn * alpha_attn**2 + n_mlp * alpha_mlp**2) ** 0.5
 
 
+def attention_scale(
+    key_len: int, d_head: int, is_causal: bool, mult: float = 1.0, dropout_p: float = 0.0
+) -> float:
+    """Output scale of unit-scaled attention for ``key_len`` keys (u-μP's averaged-length rule).
+
+    At initialisation the softmax is near-flat and the output averages ~``key_len`` values
+    (``log(key_len)`` of them on average when causal); the scale undoes that average, and
+    ``sqrt(1 - dropout_p)`` undoes the inverted dropout's growth of the RMS.
+
+    Args:
+        key_len: number of keys the scale is computed for.
+        d_head: head width.
+        is_causal: causal attention (each query sees its own prefix).
+        mult: attention-logit multiplier.
+        dropout_p: attention-probability dropout.
+    """
+    # With a single key the output is that value itself: nothing is averaged (and log(1) = 0).
+    averaged = (math.log(key_len) if is_causal else 1.0) / key_len if key_len > 1 else 1.0
+    flat = 1 / (1 + 4 * d_head / mult**2)
+    return (1 - dropout_p) ** 0.5 / log_interpolate(flat, averaged**0.5, 1.0)
+
+
+def fold_causal(
+    attn_mask: Tensor | None, is_causal: bool, q_len: int, k_len: int
+) -> tuple[Tensor | None, bool]:
+    """``(mask, is_causal)`` for torch's attention, which refuses a mask together with
+    ``is_causal``: causality is folded into the mask when there is one.
+
+    Args:
+        attn_mask: boolean (True = attend) or additive float mask, or None.
+        is_causal: causal attention.
+        q_len: query length.
+        k_len: key length.
+    """
+    if not is_causal or attn_mask is None:
+        return attn_mask, is_causal
+    keep = torch.ones(q_len, k_len, dtype=torch.bool, device=attn_mask.device).tril()
+    if attn_mask.dtype == torch.bool:
+        return attn_mask & keep, False
+    return attn_mask.masked_fill(~keep, float("-inf")), False
+
+
 def scaled_dot_product_attention(
     query: Tensor,
     key: Tensor,
@@ -326,34 +423,44 @@ def scaled_dot_product_attention(
     dropout_p: float = 0.0,
     is_causal: bool = False,
     mult: float = 1.0,
+    scale_len: int | None = None,
+    training: bool = True,
 ) -> Tensor:
     """Unit-scaled attention: logits scaled by ``mult / d_head`` (u-μP), output at unit RMS.
 
     Works for self, causal and cross attention (query and key lengths may differ) and with a
-    boolean (True = attend) or additive float ``attn_mask`` (padding masks, position biases).
-    Grouped-query attention: ``key``/``value`` may have fewer heads than ``query``.
+    boolean (True = attend) or additive float ``attn_mask`` (padding masks, position biases);
+    ``is_causal`` may be combined with a mask. Grouped-query attention: ``key``/``value`` may
+    have fewer heads than ``query``.
+
+    Models pass ``scale_len`` from their configuration: the output scale is then a constant, so
+    the op is one function of its unpadded input (masked keys count for nothing and a prefix's
+    outputs do not change when keys are appended). Without it the scale follows the runtime key
+    length, padding included, as in the reference library.
 
     Args:
         query: ``(batch, heads, q_len, d_head)``.
         key: ``(batch, kv_heads, k_len, d_head)``.
         value: ``(batch, kv_heads, k_len, d_head)``.
         attn_mask: optional mask broadcastable to ``(batch, heads, q_len, k_len)``.
-        dropout_p: attention-probability dropout.
-        is_causal: causal masking (applies the causal scale rule).
+        dropout_p: attention-probability dropout (its scale applies in eval mode too, so eval
+            outputs equal the train-mode mean).
+        is_causal: causal masking and the causal scale rule.
         mult: attention-logit multiplier (a u-μP hyperparameter).
+        scale_len: key count the output scale is computed for (None: the runtime key length).
+        training: apply dropout (the scale keeps its dropout term either way).
     """
-    *_, k_len, d_head = value.shape
-    # The flat-softmax limit averages ~k_len values (log(k_len) of them on average when causal).
-    # With a single key the output is that value itself: nothing is averaged (and log(1) = 0).
-    averaged = (math.log(k_len) if is_causal else 1.0) / k_len if k_len > 1 else 1.0
-    s = (1 - dropout_p) ** 0.5 / log_interpolate(1 / (1 + 4 * d_head / mult**2), averaged**0.5, 1.0)
+    *_, q_len, d_head = query.shape
+    k_len = key.shape[-2]
+    s = attention_scale(scale_len or k_len, d_head, is_causal, mult, dropout_p)
+    attn_mask, is_causal = fold_causal(attn_mask, is_causal, q_len, k_len)
     query, key, value = fp8.matmul_inputs(*(scale_bwd(t, s) for t in (query, key, value)))
     out = F.scaled_dot_product_attention(
         query,
         key,
         value,
         attn_mask=attn_mask,
-        dropout_p=dropout_p,
+        dropout_p=dropout_p if training else 0.0,
         is_causal=is_causal,
         scale=mult / d_head,
         enable_gqa=key.shape[-3] != query.shape[-3],

@@ -99,6 +99,7 @@ class Linear(UnitModule):
         parametrization: ``"umup"`` or ``"sp"``.
         constraint: scale constraint between output and input gradient (umup only).
         role: u-μP role of the weight (``"weight"`` for hidden layers, ``"output"`` for readouts).
+        parts: equal projections fused into this one (e.g. 2 for SwiGLU's gate and up).
     """
 
     def __init__(
@@ -109,9 +110,11 @@ class Linear(UnitModule):
         parametrization: Parametrization = "umup",
         constraint: Constraint = "to_output_scale",
         role: Role = "weight",
+        parts: int = 1,
     ) -> None:
         super().__init__(parametrization)
         self.in_features, self.out_features, self.constraint = in_features, out_features, constraint
+        self.parts = parts
         self._register(
             "weight", nn.Parameter(torch.empty(out_features, in_features)), role, in_features
         )
@@ -133,7 +136,7 @@ class Linear(UnitModule):
                 nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, input: Tensor) -> Tensor:
-        return self.F.linear(input, self.weight, self.bias, self.constraint)
+        return self.F.linear(input, self.weight, self.bias, self.constraint, parts=self.parts)
 
     def extra_repr(self) -> str:
         has_bias = self.bias is not None
@@ -203,8 +206,9 @@ class Embedding(UnitModule):
             with torch.no_grad():
                 self.weight[self.padding_idx].fill_(0)
 
-    def forward(self, input: Tensor) -> Tensor:
-        return self.F.embedding(input, self.weight, self.padding_idx)
+    def forward(self, input: Tensor, tokens: int | None = None) -> Tensor:
+        """``tokens``: lookups of this table in the whole step (None: this call's)."""
+        return self.F.embedding(input, self.weight, self.padding_idx, tokens)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, {self.parametrization}"

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from lit_unitscale.unit import fp8
 from lit_unitscale.unit.constraints import Constraint
-from lit_unitscale.unit.functional import residual_tau  # noqa: F401  (same depth rule API)
+from lit_unitscale.unit.functional import fold_causal, residual_tau  # noqa: F401
 from lit_unitscale.unit.scale import scale_bwd, scale_fwd  # noqa: F401
 
 
@@ -67,6 +67,8 @@ def linear(
     bias: Tensor | None,
     constraint: Constraint = "to_output_scale",
     scale_power: tuple[float, float, float] = (0.5, 0.5, 0.5),
+    parts: int = 1,
+    tokens: int | None = None,
 ) -> Tensor:
     """Plain linear (FP8-simulated when enabled)."""
     input, weight = fp8.matmul_inputs(input, weight)
@@ -74,7 +76,11 @@ def linear(
 
 
 def linear_readout(
-    input: Tensor, weight: Tensor, bias: Tensor | None, constraint: Constraint = None
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    constraint: Constraint = None,
+    tokens: int | None = None,
 ) -> Tensor:
     """Plain output projection."""
     return linear(input, weight, bias)
@@ -101,7 +107,9 @@ def rms_norm(
     return F.rms_norm(input, tuple(normalized_shape), weight, eps)
 
 
-def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None) -> Tensor:
+def embedding(
+    input: Tensor, weight: Tensor, padding_idx: int | None = None, tokens: int | None = None
+) -> Tensor:
     """Plain embedding lookup."""
     return F.embedding(input, weight, padding_idx)
 
@@ -116,6 +124,16 @@ def residual_add(residual: Tensor, skip: Tensor, tau: float = 1.0) -> Tensor:
     return skip + residual
 
 
+def residual_read(input: Tensor, tau: float = 1.0) -> Tensor:
+    """Standard: a branch reads the tensor unchanged."""
+    return input
+
+
+def add(left: Tensor, right: Tensor) -> Tensor:
+    """Plain sum."""
+    return left + right
+
+
 def scaled_dot_product_attention(
     query: Tensor,
     key: Tensor,
@@ -124,15 +142,19 @@ def scaled_dot_product_attention(
     dropout_p: float = 0.0,
     is_causal: bool = False,
     mult: float = 1.0,
+    scale_len: int | None = None,
+    training: bool = True,
 ) -> Tensor:
-    """Plain attention with the usual ``1/sqrt(d_head)`` logit scale."""
+    """Plain attention with the usual ``1/sqrt(d_head)`` logit scale (``mult`` and
+    ``scale_len`` ignored)."""
+    attn_mask, is_causal = fold_causal(attn_mask, is_causal, query.shape[-2], key.shape[-2])
     query, key, value = fp8.matmul_inputs(query, key, value)
     out = F.scaled_dot_product_attention(
         query,
         key,
         value,
         attn_mask=attn_mask,
-        dropout_p=dropout_p,
+        dropout_p=dropout_p if training else 0.0,
         is_causal=is_causal,
         enable_gqa=key.shape[-3] != query.shape[-3],
     )

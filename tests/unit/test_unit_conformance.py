@@ -15,6 +15,7 @@ import torch.nn.functional as F
 import unit_scaling.functional as R
 from _unit_helpers import compare, forward_backward, leaves, rel_err, rnd
 from unit_scaling.core.functional import transformer_residual_scaling_rule
+from unit_scaling.scale import scale_bwd as ref_scale_bwd
 
 import lit_unitscale.unit.functional as U
 
@@ -32,6 +33,20 @@ def ref_constraint(c):
 LINEAR_SHAPES = [((8,), 16, 32), ((4, 5), 24, 40), ((3,), 64, 7), ((2, 3, 4), 12, 12)]
 
 
+def ref_with_bias(ref_op):
+    """Named difference: our bias is added to the unit-scaled product unscaled (the reference
+    scales it with the product, so a bias's effect shrinks as fan_in^-0.5); its gradient
+    scale, ``batch^-0.5``, is the reference's."""
+
+    def op(x, w, b=None, **kwargs):
+        out = ref_op(x, w, None, **kwargs)
+        if b is None:
+            return out
+        return out + ref_scale_bwd(b, (x.numel() // w.shape[1]) ** -0.5)
+
+    return op
+
+
 @pytest.mark.parametrize("lead,fan_in,fan_out", LINEAR_SHAPES)
 @pytest.mark.parametrize("constraint", CONSTRAINTS + ["none"])
 @pytest.mark.parametrize("bias", [False, True])
@@ -43,7 +58,9 @@ def test_linear(lead, fan_in, fan_out, constraint, bias):
         "linear",
         shape,
         lambda x, w, b=None: U.linear(x, w, b, constraint=constraint),
-        lambda x, w, b=None: R.linear(x, w, b, constraint=ref_constraint(constraint)),
+        lambda x, w, b=None: ref_with_bias(R.linear)(
+            x, w, b, constraint=ref_constraint(constraint)
+        ),
         inputs,
         TOL,
     )
@@ -59,7 +76,7 @@ def test_linear_readout(lead, fan_in, fan_out, constraint, bias):
         "linear_readout",
         f"x{(*lead, fan_in)} w{(fan_out, fan_in)}",
         lambda x, w, b=None: U.linear_readout(x, w, b, constraint=constraint),
-        lambda x, w, b=None: R.linear_readout(x, w, b, constraint=constraint),
+        lambda x, w, b=None: ref_with_bias(R.linear_readout)(x, w, b, constraint=constraint),
         inputs,
         TOL,
     )
@@ -242,10 +259,17 @@ def test_dropout_same_seed(shape, p):
     compare("dropout", str(shape), seeded(U.dropout), seeded(R.dropout), [rnd(*shape, seed=25)])
 
 
-def test_dropout_eval_is_identity():
+def test_dropout_eval_is_train_mean():
+    """Eval mode returns the train-mode mean √(1-p)·x (as the reference library does), so a
+    model's eval function is its expected train function; p = 0 is the identity."""
     x = rnd(4, 8, seed=26)
-    assert torch.equal(U.dropout(x, 0.5, training=False), x)
+    torch.testing.assert_close(U.dropout(x, 0.5, training=False), x * 0.5**0.5)
     assert torch.equal(U.dropout(x, 0.0, training=True), x)
+    torch.manual_seed(0)
+    big = torch.ones(200_000)
+    mean = float(U.dropout(big, 0.3, training=True).mean())
+    # 200k Bernoulli(0.7) draws: the mean's standard error is 0.0010·√(1/0.7)·√0.7 ≈ 0.0012
+    assert abs(mean - 0.7**0.5) < 0.006
 
 
 # --- norms and embedding ----------------------------------------------------------------------
