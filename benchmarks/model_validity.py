@@ -147,8 +147,10 @@ def main() -> None:
     if args.quick:
         emit({"benchmark": "model_validity", "machine": machine(), "rows": rows})
         return
-    print("| configuration (u-μP unless stated) | worst cosine | tensor | initial loss / ln V "
-          "u-μP | SP | invariance error |")
+    print(
+        "| configuration (u-μP unless stated) | worst cosine | tensor | initial loss / ln V "
+        "u-μP | SP | invariance error |"
+    )
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(

@@ -39,9 +39,7 @@ def _grads(model: nn.Module, loss_fn: Callable[[nn.Module], Tensor]) -> dict[str
     }
 
 
-def gradient_cosines(
-    model: nn.Module, loss_fn: Callable[[nn.Module], Tensor]
-) -> dict[str, float]:
+def gradient_cosines(model: nn.Module, loss_fn: Callable[[nn.Module], Tensor]) -> dict[str, float]:
     """Cosine between each parameter's gradient and its true gradient (1 when valid).
 
     A parameter whose true gradient is exactly zero (an unused row, a padding embedding) is

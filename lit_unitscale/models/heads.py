@@ -6,6 +6,7 @@ returns logits; ``loss`` applies the parametrization's cross entropy (unit-scale
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from lit_unitscale.models.config import TransformerConfig
@@ -22,7 +23,8 @@ class _WithHead(UnitModule):
     def loss(self, logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
         """Mean cross entropy over non-ignored targets."""
         return self.F.cross_entropy(
-            logits.flatten(0, -2).float(),
+            # At least fp32 (low-precision logits), float64 stays float64.
+            logits.flatten(0, -2).to(torch.promote_types(logits.dtype, torch.float32)),
             labels.flatten(),
             ignore_index=ignore_index,
             mult=self.config.loss_mult,

@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from lit_unitscale.errors import CheckpointMismatchError
+from lit_unitscale.errors import CheckpointMismatchError, RecipeError
 from lit_unitscale.models import ARCHITECTURES, TransformerConfig
 from lit_unitscale.tasks.schedule import Schedule, lr_factor
 from lit_unitscale.unit import global_batch, param_groups
@@ -23,10 +23,13 @@ class UnitScaledTask(L.LightningModule):
         model: architecture and u-μP hyperparameters; sizes left at 0 (``vocab_size``,
             ``num_labels``) are filled from the data module.
         lr: peak learning rate (u-μP: the base LR before per-parameter multipliers).
-        weight_decay: AdamW weight decay (independent of the LR when ``independent_weight_decay``).
+        weight_decay: weight decay. u-μP with ``independent_weight_decay``: the fraction weights
+            shrink per step at the peak LR (p ← p·(1 − weight_decay·lr_t/lr_peak), whatever the
+            LR; torch's 0.1 at lr 1e-3 is 1e-4 here), below 0.01. Otherwise torch AdamW's value.
         betas: AdamW betas.
         eps: AdamW epsilon.
-        independent_weight_decay: divide weight decay by each group's LR (u-μP recommendation).
+        independent_weight_decay: u-μP only: decay independent of each group's LR (the u-μP
+            recommendation); SP always uses torch AdamW's coupled meaning.
         warmup_steps: linear warmup steps.
         schedule: LR decay after warmup.
         min_lr_ratio: final LR as a fraction of the peak.
@@ -51,6 +54,13 @@ class UnitScaledTask(L.LightningModule):
         activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        if independent_weight_decay and model.parametrization == "umup" and weight_decay >= 0.01:
+            raise RecipeError(
+                f"model.init_args.weight_decay={weight_decay} under u-μP's independent weight "
+                f"decay shrinks weights by {100 * weight_decay:.1f} % every step: give the per-step "
+                "decay (torch's 0.1 at lr 1e-3 is 1e-4), or set independent_weight_decay: false "
+                "for torch's meaning"
+            )
         self.save_hyperparameters()
         self.config = dataclasses.replace(model)
         self.model: nn.Module | None = None
@@ -111,12 +121,19 @@ class UnitScaledTask(L.LightningModule):
         # runs ~100x slower; measured here it made a u-μP step 5x slower. Such values carry no
         # training signal, so flush them to zero. (No effect where unsupported, e.g. on GPUs.)
         torch.set_flush_denormal(True)
-        # Weight-gradient scales count the global batch (see unit.global_batch).
-        if stage == "fit" and self.config.parametrization == "umup":
-            global_batch.set_data_parallel(
-                world_size=self.trainer.world_size,
-                accumulation=self.trainer.accumulate_grad_batches,
-            )
+        self._declare_global_batch()
+
+    def _declare_global_batch(self) -> None:
+        """Weight-gradient scales count the global batch (see unit.global_batch): the processes
+        whose gradients are averaged (data-parallel ranks, not tensor-parallel ones) times the
+        micro-batches accumulated into this step."""
+        if self._trainer is None or self.config.parametrization != "umup":
+            return
+        replicas = self.trainer.world_size
+        mesh = getattr(self, "_device_mesh", None)  # ModelParallelStrategy: (dp, tp) mesh
+        if mesh is not None and "data_parallel" in (mesh.mesh_dim_names or ()):
+            replicas = mesh["data_parallel"].size()
+        global_batch.set_data_parallel(replicas, self.trainer.accumulate_grad_batches)
 
     def configure_callbacks(self) -> list[L.Callback]:
         # Resumable data order (sampler epoch and position in checkpoints) for every task.
@@ -177,6 +194,8 @@ class UnitScaledTask(L.LightningModule):
         }
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # A GradientAccumulationScheduler changes accumulate_grad_batches between epochs.
+        self._declare_global_batch()
         # The base LR after the schedule; each group's LR is this times its u-μP multiplier.
         sched = self.lr_schedulers()
         if sched is not None:

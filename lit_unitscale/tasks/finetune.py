@@ -200,6 +200,9 @@ class EncoderTask(UnitScaledTask):
                 if not chosen:
                     continue
                 mult = self.encoder_lr_mult if in_encoder else 1.0
+                if self.hparams.independent_weight_decay and self.config.parametrization == "umup":
+                    # Independent decay per step does not follow the LR multiplier.
+                    params["weight_decay"] = group["weight_decay"] / mult
                 groups.append(
                     {
                         **params,

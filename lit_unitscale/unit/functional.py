@@ -20,7 +20,13 @@ from torch import Tensor
 from lit_unitscale.unit import fp8
 from lit_unitscale.unit.constraints import Constraint, apply_constraint
 from lit_unitscale.unit.global_batch import weight_grad_scale
-from lit_unitscale.unit.scale import log_interpolate, scale, scale_bwd, scale_fwd
+from lit_unitscale.unit.scale import (
+    log_interpolate,
+    scale,
+    scale_bwd,
+    scale_fwd,
+    true_gradients_enabled,
+)
 
 __all__ = [
     "scale_fwd",
@@ -507,6 +513,8 @@ def cross_entropy(
     if reduction != "mean":
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     count = (target != ignore_index).sum().clamp_min(1)
+    if true_gradients_enabled():
+        return loss / count
     # Divide the value only: the gradient keeps its unit scale. ``loss - loss.detach()`` is an
     # exact zero carrying the gradient, so the value is exactly ``loss / count`` (subtracting a
     # detached ``loss - loss / count`` instead cancels catastrophically for large row counts).

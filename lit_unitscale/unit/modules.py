@@ -166,6 +166,13 @@ class LinearReadout(Linear):
             in_features, out_features, bias, parametrization, constraint, role="output"
         )
 
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if self.parametrization == "sp":
+            # As GPT-2, BERT and transformers start a head: logits near zero, so the initial
+            # loss is ln(classes) (torch's default init adds ~0.1 nats to a 3-class loss).
+            nn.init.normal_(self.weight, std=0.02)
+
     def forward(self, input: Tensor) -> Tensor:
         return self.F.linear_readout(input, self.weight, self.bias, self.constraint)
 

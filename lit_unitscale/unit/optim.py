@@ -48,7 +48,9 @@ def param_groups(
         lr: base (peak) learning rate.
         weight_decay: base weight decay.
         parametrization: ``"umup"`` for u-μP multipliers, ``"sp"`` for plain groups.
-        independent_weight_decay: make decay independent of the LR (divide by the group's LR).
+        independent_weight_decay: u-μP only: make decay independent of the LR (divide by the
+            group's LR, so ``weight_decay`` is the per-step decay at the peak LR); SP groups
+            keep torch's coupled meaning.
         decay_roles: roles that receive weight decay; biases and norm gains are not decayed.
         trainable_only: skip parameters with ``requires_grad=False`` (frozen layers).
     """
@@ -75,7 +77,7 @@ def param_groups(
     for (mult, decay), bucket in sorted(buckets.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
         group_lr = lr * mult
         wd = weight_decay if decay else 0.0
-        if independent_weight_decay and wd and group_lr > 0:
+        if independent_weight_decay and parametrization == "umup" and wd and group_lr > 0:
             wd = wd / group_lr
         groups.append({**bucket, "lr": group_lr, "weight_decay": wd, "lr_mult": mult})
     return groups

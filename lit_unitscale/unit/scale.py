@@ -40,6 +40,11 @@ def scale(x: Tensor, fwd: float = 1.0, bwd: float = 1.0) -> Tensor:
     return _Scale.apply(x, float(fwd), float(bwd))
 
 
+def true_gradients_enabled() -> bool:
+    """Whether :func:`true_gradients` is in force."""
+    return _true_gradients
+
+
 @contextlib.contextmanager
 def true_gradients() -> Iterator[None]:
     """Within this context every scale is a plain multiplication, so autograd computes the true

@@ -72,25 +72,34 @@ def test_config_comes_from_the_checkpoint(pretrained, tmp_path: Path) -> None:
 
 
 def test_encoder_lr_multiplier(pretrained, tmp_path: Path) -> None:
-    def lrs(run) -> dict[str, float]:
-        return {n: g["lr"] for g in run.trainer.optimizers[0].param_groups for n in g["names"]}
+    """The multiplier scales the encoder's LRs; u-μP's independent decay per step (LR times
+    decay) stays what the recipe says, for the encoder and the head alike."""
 
-    base = lrs(finetune("sentiment", tmp_path / "a", pretrained, "--trainer.max_steps", "1"))
-    slow = lrs(
+    def groups(run) -> dict[str, tuple[float, float]]:
+        return {
+            n: (g["lr"], g["weight_decay"])
+            for g in run.trainer.optimizers[0].param_groups
+            for n in g["names"]
+        }
+
+    common = ("--trainer.max_steps", "1", "--model.init_args.weight_decay", "0.001")
+    base = groups(finetune("sentiment", tmp_path / "a", pretrained, *common))
+    slow = groups(
         finetune(
             "sentiment",
             tmp_path / "b",
             pretrained,
-            "--trainer.max_steps",
-            "1",
+            *common,
             "--model.init_args.encoder_lr_mult",
             "0.1",
         )
     )
     assert base.keys() == slow.keys()
-    for name, lr in base.items():
+    for name, (lr, wd) in base.items():
         ratio = 0.1 if name.startswith("encoder.") else 1.0
-        assert slow[name] == pytest.approx(lr * ratio), name
+        assert slow[name][0] == pytest.approx(lr * ratio), name
+        assert slow[name][0] * slow[name][1] == pytest.approx(lr * wd), name
+    assert any(wd > 0 for _, wd in base.values())
     assert any(n.startswith("encoder.") for n in base) and any(n.startswith("head") for n in base)
 
 
