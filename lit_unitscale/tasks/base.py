@@ -57,9 +57,9 @@ class UnitScaledTask(L.LightningModule):
         if independent_weight_decay and model.parametrization == "umup" and weight_decay >= 0.01:
             raise RecipeError(
                 f"model.init_args.weight_decay={weight_decay} under u-μP's independent weight "
-                f"decay shrinks weights by {100 * weight_decay:.1f} % every step: give the per-step "
-                "decay (torch's 0.1 at lr 1e-3 is 1e-4), or set independent_weight_decay: false "
-                "for torch's meaning"
+                f"decay shrinks weights by {100 * weight_decay:.1f} % every step: give the "
+                "per-step decay (torch's 0.1 at lr 1e-3 is 1e-4), or set "
+                "independent_weight_decay: false for torch's meaning"
             )
         self.save_hyperparameters()
         self.config = dataclasses.replace(model)
