@@ -63,16 +63,14 @@ def _inputs(arch: str, model, vocab: int, batch: int, length: int, classes: int 
 
 
 def build(arch: str, overrides: dict, parametrization: str, d_model: int, vocab: int, seq: int):
+    shape = {"n_layers": 2, "n_heads": 2, "ffn_mult": 2.0, **overrides}
     config = TransformerConfig(
         vocab_size=vocab,
         d_model=d_model,
-        n_layers=2,
-        n_heads=2,
-        ffn_mult=2.0,
         max_seq_len=seq,
         parametrization=parametrization,
         num_labels=3 if arch == "SequenceClassifier" else 0,
-        **overrides,
+        **shape,
     )
     return ARCHITECTURES[arch](config)
 
@@ -120,6 +118,38 @@ def invariance_error(arch: str, overrides: dict) -> float:
         return relative_error(padded, alone)
 
 
+def attention_rms_by_length(lengths: list[int], scale_len: int = 128) -> list[dict]:
+    """RMS at init of every attention output (layer 0, and the median over layers) when the
+    scale is fixed for ``scale_len`` keys and the input has another length: the price of a
+    model that is one function of its input. d_model 256, 4 heads, 4 layers, batch 8."""
+    from lit_unitscale.models.attention import Attention
+
+    rows = []
+    for arch in ("DecoderLM", "EncoderMLM"):
+        torch.manual_seed(0)
+        shape = {"n_layers": 4, "n_heads": 4, "ffn_mult": 4.0}
+        model = build(arch, shape, "umup", 256, 512, scale_len)
+        seen: list[float] = []
+        for module in model.modules():
+            if isinstance(module, Attention):
+                module.register_forward_hook(
+                    lambda m, i, o: seen.append(float(o.pow(2).mean().sqrt()))
+                )
+        for length in lengths:
+            seen.clear()
+            with torch.no_grad():
+                model(torch.randint(0, 512, (8, length)))
+            rows.append(
+                {
+                    "model": arch,
+                    "length": length,
+                    "layer0": round(seen[0], 3),
+                    "median": round(sorted(seen)[len(seen) // 2], 3),
+                }
+            )
+    return rows
+
+
 def measure(names: list[str]) -> list[dict]:
     rows = []
     for label in names:
@@ -147,6 +177,11 @@ def main() -> None:
     if args.quick:
         emit({"benchmark": "model_validity", "machine": machine(), "rows": rows})
         return
+    print("| model (scale for 128 keys) | runtime length | attention RMS, layer 0 | median |")
+    print("|---|---|---|---|")
+    for r in attention_rms_by_length([8, 16, 32, 64, 128]):
+        print(f"| {r['model']} | {r['length']} | {r['layer0']} | {r['median']} |")
+    print()
     print(
         "| configuration (u-μP unless stated) | worst cosine | tensor | initial loss / ln V "
         "u-μP | SP | invariance error |"
