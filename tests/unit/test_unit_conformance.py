@@ -145,6 +145,57 @@ def test_scaled_dot_product_attention(kind, shape, mult):
     )
 
 
+@pytest.mark.parametrize("kind,shape", [(k, s) for k, shapes in ATTN_CASES.items() for s in shapes])
+def test_sdpa_scale_len_equal_to_key_count_is_the_reference(kind, shape):
+    """Models fix the scale with ``scale_len``; where it equals the key count the op is the
+    reference's, exactly."""
+    b, h, q_len, k_len, d = shape
+    q, k, v = (rnd(b, h, n, d, seed=s) for n, s in ((q_len, 40), (k_len, 41), (k_len, 42)))
+    mask, causal = _attn_mask(kind, b, q_len, k_len), kind == "causal"
+    compare(
+        f"sdpa[{kind}, scale_len]",
+        f"q{(b, h, q_len, d)} k{(b, h, k_len, d)}",
+        lambda q, k, v: U.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, scale_len=k_len
+        ),
+        lambda q, k, v: R.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal),
+        [q, k, v],
+        TOL,
+    )
+
+
+def test_difference_sdpa_padding_and_prefix_do_not_change_the_output():
+    """Named difference: the reference scales by the runtime key count, padded keys included,
+    so padding a sentence or appending tokens changes earlier outputs; with a fixed
+    ``scale_len`` ours does not (masked keys count for nothing). Also: is_causal together with
+    a mask keeps the causal rule (torch refuses the pair; the mask is folded in)."""
+    q, k, v = (rnd(1, 2, 12, 8, seed=s) for s in (43, 44, 45))
+    keep = torch.arange(12) < 7
+    mask = keep[None, None, None, :].expand(1, 2, 12, 12)
+    short = U.scaled_dot_product_attention(q[:, :, :7], k[:, :, :7], v[:, :, :7], scale_len=16)
+    padded = U.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale_len=16)
+    torch.testing.assert_close(padded[:, :, :7], short, rtol=1e-6, atol=1e-6)
+    ref_short = R.scaled_dot_product_attention(q[:, :, :7], k[:, :, :7], v[:, :, :7])
+    ref_padded = R.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert rel_err(ref_padded[:, :, :7], ref_short) > 0.1  # the reference moves by >10 %
+    full = U.scaled_dot_product_attention(q, k, v, is_causal=True, scale_len=16)
+    prefix = U.scaled_dot_product_attention(
+        q[:, :, :5], k[:, :, :5], v[:, :, :5], is_causal=True, scale_len=16
+    )
+    torch.testing.assert_close(full[:, :, :5], prefix, rtol=1e-6, atol=1e-6)
+    bias = rnd(1, 1, 12, 12, seed=46)
+    with_mask = U.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=True)
+    ref = R.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=bias.masked_fill(~torch.ones(12, 12, dtype=torch.bool).tril(), float("-inf")),
+        is_causal=False,
+    )
+    causal_rule = U.attention_scale(12, 8, is_causal=True) / U.attention_scale(12, 8, False)
+    torch.testing.assert_close(with_mask, ref * causal_rule, rtol=1e-5, atol=1e-6)
+
+
 def test_sdpa_dropout_same_seed():
     q, k, v = rnd(2, 2, 12, 8, seed=13), rnd(2, 2, 12, 8, seed=14), rnd(2, 2, 12, 8, seed=15)
 
