@@ -130,11 +130,13 @@ def attention_rms_by_length(lengths: list[int], scale_len: int = 128) -> list[di
         shape = {"n_layers": 4, "n_heads": 4, "ffn_mult": 4.0}
         model = build(arch, shape, "umup", 256, 512, scale_len)
         seen: list[float] = []
+
+        def record(module, inputs, output, seen=seen) -> None:
+            seen.append(float(output.pow(2).mean().sqrt()))
+
         for module in model.modules():
             if isinstance(module, Attention):
-                module.register_forward_hook(
-                    lambda m, i, o: seen.append(float(o.pow(2).mean().sqrt()))
-                )
+                module.register_forward_hook(record)
         for length in lengths:
             seen.clear()
             with torch.no_grad():

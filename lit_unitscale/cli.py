@@ -43,6 +43,26 @@ def _configure_jsonargparse() -> None:
     )
 
 
+def _recipe_cli_class():
+    from lightning.pytorch.cli import LightningCLI
+
+    from lit_unitscale import run_dir
+
+    class RecipeCLI(LightningCLI):
+        """LightningCLI whose run artifacts all follow ``trainer.default_root_dir``."""
+
+        def before_instantiate_classes(self) -> None:
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            root = config.trainer.default_root_dir
+            if root is None:
+                return
+            run_dir.point_artifacts_at(config.trainer, root)
+            if self.subcommand == "fit" and config.get("ckpt_path") is None:
+                run_dir.refuse_taken(root)
+
+    return RecipeCLI
+
+
 def make_cli(args: list[str] | None = None, run: bool = True):
     """Build (and by default run) the LightningCLI.
 
@@ -50,13 +70,11 @@ def make_cli(args: list[str] | None = None, run: bool = True):
         args: command-line arguments (default ``sys.argv[1:]``).
         run: run the subcommand; with False only parse and instantiate (for tests).
     """
-    from lightning.pytorch.cli import LightningCLI
-
     from lit_unitscale.data.base import BaseDataModule
     from lit_unitscale.tasks.base import UnitScaledTask
 
     _configure_jsonargparse()
-    return LightningCLI(
+    return _recipe_cli_class()(
         UnitScaledTask,
         BaseDataModule,
         subclass_mode_model=True,

@@ -4,9 +4,7 @@
         --nodes 4 --gpus-per-node 8 --partition gpu --time 12:00:00 -- --trainer.max_steps 20000
     python -m lit_unitscale slurm render --config recipe.yaml --nodes 2 --gpus-per-node 1
 
-The job script comes from ``slurm/train.sbatch``. The recipe's ``trainer.num_nodes`` and
-``trainer.devices`` are checked against ``--nodes`` and ``--gpus-per-node`` before anything is
-submitted: a job whose SLURM layout differs from the Trainer's hangs or fails at start-up.
+The job script comes from ``lit_unitscale/tools/train.sbatch`` (shipped in the package).
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "slurm" / "train.sbatch"
+DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "train.sbatch"  # package data
 EXIT_USAGE = 2
 
 
@@ -48,9 +46,9 @@ class JobSpec:
     configs: list[str]
     """Recipe YAML files passed to ``fit --config``, in order."""
     nodes: int
-    """Number of nodes (= ``trainer.num_nodes``)."""
+    """Number of nodes (sets ``trainer.num_nodes``)."""
     tasks_per_node: int
-    """Tasks per node, one per device (= ``trainer.devices``)."""
+    """Tasks per node, one per device (sets ``trainer.devices``)."""
     accelerator: str
     """``gpu`` or ``cpu``; ``--gpus-per-node`` is only requested for ``gpu``."""
     cpus_per_task: int
@@ -73,6 +71,8 @@ class JobSpec:
     """Virtual environment activated in the job; none when None."""
     extra_args: list[str] = field(default_factory=list)
     """Further arguments for ``fit``, appended after the topology arguments."""
+    notes: list[str] = field(default_factory=list)
+    """Recipe values the job's shape replaces; written into the script as comments."""
 
 
 def load_recipe(paths: list[str]) -> DictConfig:
@@ -120,41 +120,31 @@ def recipe_value(paths: list[str], merged: DictConfig, key: str) -> tuple[Any, s
     return value, source
 
 
+SINGLE_DEVICE = ("single_device", "SingleDeviceStrategy")
+
+
 def check_topology(
     paths: list[str], merged: DictConfig, nodes: int, devices: int, accelerator: str
-) -> None:
-    """Refuse a recipe whose Trainer layout disagrees with the SLURM request.
+) -> list[str]:
+    """The job's shape comes from ``--nodes`` and ``--gpus-per-node``: they set the Trainer's
+    ``num_nodes`` and ``devices`` (passed on the command line, after the recipes). Return one
+    note per recipe value they replace; refuse what cannot work.
 
     Args:
-        paths: the recipe files, in merge order (named in the error).
+        paths: the recipe files, in merge order (named in the notes and errors).
         merged: the merged recipe.
         nodes: ``--nodes``.
         devices: ``--gpus-per-node`` (tasks per node).
         accelerator: ``--accelerator``.
     """
-    num_nodes, source = recipe_value(paths, merged, "trainer.num_nodes")
-    if source is not None and _as_int(num_nodes) != nodes:
-        raise SlurmError(
-            f"{source} sets trainer.num_nodes: {num_nodes} but --nodes is {nodes}; "
-            "make them agree or remove the key from the recipe",
-            EXIT_USAGE,
-        )
-    recipe_devices, source = recipe_value(paths, merged, "trainer.devices")
-    if source is not None:
-        count = _as_int(recipe_devices)
-        if count is None or count < 1:
-            raise SlurmError(
-                f"{source} sets trainer.devices: {_show(recipe_devices)}, which SLURM cannot "
-                f"match: each node runs --gpus-per-node={devices} tasks, one per device; "
-                f"set trainer.devices: {devices} or remove the key from the recipe",
-                EXIT_USAGE,
-            )
-        if count != devices:
-            raise SlurmError(
-                f"{source} sets trainer.devices: {recipe_devices} but --gpus-per-node is "
-                f"{devices}; make them agree or remove the key from the recipe",
-                EXIT_USAGE,
-            )
+    notes = []
+    for key, flag, wanted in (
+        ("trainer.num_nodes", "--nodes", nodes),
+        ("trainer.devices", "--gpus-per-node", devices),
+    ):
+        value, source = recipe_value(paths, merged, key)
+        if source is not None and _as_int(value) != wanted:
+            notes.append(f"{flag} {wanted} replaces {key}: {_show(value)} from {source}")
     recipe_accelerator, source = recipe_value(paths, merged, "trainer.accelerator")
     if source is not None and recipe_accelerator not in ("auto", accelerator):
         raise SlurmError(
@@ -162,6 +152,16 @@ def check_topology(
             f"{accelerator}; make them agree or remove the key from the recipe",
             EXIT_USAGE,
         )
+    strategy, source = recipe_value(paths, merged, "trainer.strategy")
+    name = strategy.get("class_path", "") if OmegaConf.is_config(strategy) else str(strategy)
+    if source is not None and nodes * devices > 1 and name.endswith(SINGLE_DEVICE):
+        raise SlurmError(
+            f"{source} sets trainer.strategy: {name}, which runs one process, but the job has "
+            f"{nodes} node(s) x {devices} task(s); use a strategy overlay from "
+            "recipes/strategy/ or --nodes 1 --gpus-per-node 1",
+            EXIT_USAGE,
+        )
+    return notes
 
 
 def _as_int(value: Any) -> int | None:
@@ -200,7 +200,7 @@ def render(spec: JobSpec, template_path: Path = DEFAULT_TEMPLATE) -> str:
     if not template_path.is_file():
         raise SlurmError(f"sbatch template not found: {template_path}")
     q = shlex.quote
-    optional = []
+    optional = [f"# {note}" for note in spec.notes]
     if spec.accelerator == "gpu":
         optional.append(f"#SBATCH --gpus-per-node={spec.tasks_per_node}")
     if spec.partition:
@@ -348,7 +348,7 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=DEFAULT_TEMPLATE,
         metavar="FILE",
-        help="sbatch template with ${...} placeholders (default: slurm/train.sbatch)",
+        help="sbatch template with ${...} placeholders (default: lit_unitscale/tools/train.sbatch)",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="print the job script instead of submitting it"
@@ -367,7 +367,7 @@ def make_spec(args: argparse.Namespace, extra_args: list[str]) -> JobSpec:
             "--nodes, --gpus-per-node and --cpus-per-task must be at least 1", EXIT_USAGE
         )
     merged = load_recipe(args.config)
-    check_topology(args.config, merged, args.nodes, args.gpus_per_node, args.accelerator)
+    notes = check_topology(args.config, merged, args.nodes, args.gpus_per_node, args.accelerator)
     job_name = args.job_name or Path(args.config[-1]).stem
     workdir = Path.cwd()
     output_dir = (args.output_dir or Path("runs") / "slurm" / job_name).absolute()
@@ -392,6 +392,7 @@ def make_spec(args: argparse.Namespace, extra_args: list[str]) -> JobSpec:
         master_addr=args.master_addr,
         venv=venv,
         extra_args=extra_args,
+        notes=notes,
     )
 
 

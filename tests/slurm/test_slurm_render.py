@@ -5,12 +5,15 @@ These run anywhere (no cluster): they render scripts and check error handling.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from lit_unitscale.tools import slurm
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write(path: Path, text: str) -> str:
@@ -111,15 +114,11 @@ def test_recipe_layout_that_agrees_is_accepted(
 @pytest.mark.parametrize(
     ("trainer", "options", "message"),
     [
-        ("devices: 4", ["--gpus-per-node", "8"], "sets trainer.devices: 4 but --gpus-per-node"),
-        ("num_nodes: 1", ["--nodes", "2"], "sets trainer.num_nodes: 1 but --nodes is 2"),
-        ("devices: auto", [], "sets trainer.devices: auto, which SLURM cannot match"),
-        ("devices: -1", [], "sets trainer.devices: -1, which SLURM cannot match"),
-        ("devices: [0, 1]", [], "sets trainer.devices: [0, 1], which SLURM cannot match"),
         ("accelerator: cpu", [], "sets trainer.accelerator: cpu but --accelerator is gpu"),
+        ("strategy: single_device", ["--nodes", "2"], "sets trainer.strategy: single_device"),
     ],
 )
-def test_layout_mismatch_is_one_line_exit_2(
+def test_what_cannot_work_is_one_line_exit_2(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     trainer: str,
@@ -135,12 +134,81 @@ def test_layout_mismatch_is_one_line_exit_2(
     assert captured.err.count("\n") == 1
 
 
-def test_later_config_overrides_the_earlier_mismatch(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+STRATEGIES = sorted(
+    str(p.relative_to(REPO)) for p in (REPO / "recipes" / "strategy").glob("*.yaml")
+)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("nodes", [1, 2, 4])
+@pytest.mark.parametrize("gpus", [1, 8])
+def test_flags_set_the_shape_for_every_strategy(
+    strategy: str, nodes: int, gpus: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    wrong = write(tmp_path / "a.yaml", "trainer:\n  devices: 4\n")
-    right = write(tmp_path / "b.yaml", "trainer:\n  devices: 2\n")
-    render(capsys, "--config", wrong, "--config", right, "--gpus-per-node", "2")
+    """Every strategy overlay on the README's recipe, 1/2/4 nodes: the flags set num_nodes and
+    devices (after the recipes on fit's command line) and each replaced value is named."""
+    recipes = ["--config", "recipes/decoder/ptb-small.yaml", "--config", strategy]
+    script = render(capsys, *recipes, "--nodes", str(nodes), "--gpus-per-node", str(gpus))
+    assert f"#SBATCH --nodes={nodes}\n" in script
+    assert f"#SBATCH --ntasks-per-node={gpus}\n" in script
+    assert f"--trainer.num_nodes {nodes} --trainer.devices {gpus}" in script
+    fit = script[script.index("lit_unitscale fit") :]
+    assert fit.index(strategy) < fit.index("--trainer.num_nodes")  # flags after the recipes
+    merged = slurm.load_recipe(["recipes/decoder/ptb-small.yaml", strategy])
+    for key, flag, want in (("num_nodes", "--nodes", nodes), ("devices", "--gpus-per-node", gpus)):
+        value = merged.trainer.get(key)
+        note = f"# {flag} {want} replaces trainer.{key}: {value} from "
+        assert (note in script) == (value is not None and value != want), (key, value)
+
+
+def test_readme_multi_node_command_renders_and_the_cli_takes_its_shape(tmp_path: Path) -> None:
+    """The README's command as written (dry run), then the fit arguments it renders, parsed by
+    the real CLI: the Trainer gets 4 nodes of 8 devices."""
+    import shlex
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lit_unitscale",
+            "slurm",
+            "submit",
+            "--config",
+            "recipes/decoder/ptb-small.yaml",
+            "--config",
+            "recipes/strategy/fsdp.yaml",
+            "--nodes",
+            "4",
+            "--gpus-per-node",
+            "8",
+            "--time",
+            "12:00:00",
+            "--dry-run",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout[proc.stdout.index("lit_unitscale fit") :].splitlines()
+    command = []
+    for line in lines:
+        command.append(line.rstrip("\\ "))
+        if not line.endswith("\\"):
+            break
+    args = [a for a in shlex.split(" ".join(command))[2:] if "RESUME_ARGS" not in a and a != "&"]
+    printed = subprocess.run(
+        [sys.executable, "-m", "lit_unitscale", "fit", *args, "--print_config"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    assert "\n  num_nodes: 4\n" in printed.stdout
+    assert re.search(r"\n  devices: '?8'?\n", printed.stdout)  # (Trainer's devices is a Union)
 
 
 def test_missing_recipe_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:

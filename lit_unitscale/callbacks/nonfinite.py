@@ -12,9 +12,9 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from lit_unitscale.callbacks.scale_stats import local_tensor
 from torch import Tensor
 
+from lit_unitscale.callbacks.scale_stats import local_tensor
 from lit_unitscale.errors import TrainingFault
 
 log = logging.getLogger(__name__)

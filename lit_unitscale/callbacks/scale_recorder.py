@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
-from lit_unitscale.callbacks.scale_layers import find_layers
-from lit_unitscale.callbacks.scale_stats import local_grad, local_tensor, tensor_stats
 from torch import Tensor, nn
 
+from lit_unitscale.callbacks.scale_layers import find_layers
+from lit_unitscale.callbacks.scale_stats import local_grad, local_tensor, tensor_stats
 from lit_unitscale.unit import named_param_specs
 from lit_unitscale.unit.fp8 import FP8Format
 

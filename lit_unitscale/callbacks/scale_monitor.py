@@ -17,10 +17,11 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch import Tensor
+
 from lit_unitscale.callbacks.scale_recorder import TENSORS, Key, ScaleRecorder
 from lit_unitscale.callbacks.scale_stats import resolve_formats, summarise, summary_fields
 from lit_unitscale.callbacks.scale_wandb import log_profile
-from torch import Tensor
 
 log = logging.getLogger(__name__)
 
