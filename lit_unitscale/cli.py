@@ -49,7 +49,17 @@ def _recipe_cli_class():
     from lit_unitscale import run_dir
 
     class RecipeCLI(LightningCLI):
-        """LightningCLI whose run artifacts all follow ``trainer.default_root_dir``."""
+        """LightningCLI whose run artifacts all follow ``trainer.default_root_dir`` and whose
+        Trainer, strategy and callback values are refused in one line, like recipe keys."""
+
+        def instantiate_classes(self) -> None:
+            try:
+                super().instantiate_classes()
+            except Exception as error:
+                if not _raised_validating(error):
+                    raise
+                config = self.config[self.subcommand] if self.subcommand else self.config
+                raise _trainer_value_error(error, config.trainer) from error
 
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand] if self.subcommand else self.config
@@ -61,6 +71,58 @@ def _recipe_cli_class():
                 run_dir.refuse_taken(root)
 
     return RecipeCLI
+
+
+# Where a constructor validates the values a recipe carries: an exception raised there (and not
+# one of ours) is a user mistake in those values, not a bug.
+_VALIDATING = (
+    f"{os.sep}lightning{os.sep}",
+    f"{os.sep}lit_unitscale{os.sep}callbacks{os.sep}",
+    f"{os.sep}lit_unitscale{os.sep}strategies{os.sep}",
+)
+_TRAINER_KEYS = ("strategy", "accelerator", "devices", "num_nodes", "precision", "plugins")
+
+
+def _raised_validating(error: BaseException) -> bool:
+    import traceback
+
+    from lit_unitscale.errors import LitUnitscaleError
+
+    # Ours are already worded for the user; Lightning's MisconfigurationException has its own
+    # explanation (lit_unitscale.explain).
+    if isinstance(error, LitUnitscaleError) or type(error).__name__ == "MisconfigurationException":
+        return False
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and any(part in frames[-1].filename for part in _VALIDATING)
+
+
+def _trainer_value_error(error: BaseException, trainer: object) -> Exception:
+    """A :class:`TrainerValueError` naming what Lightning's refusal is about: the callback or
+    strategy whose constructor raised it, else the Trainer key its message names."""
+    from lightning.pytorch import Callback
+    from lightning.pytorch.strategies import Strategy
+
+    from lit_unitscale.errors import TrainerValueError
+
+    sentences = str(error).strip().split("\n\n")[0].split(". ")
+    text = ". ".join(s for s in sentences if "http" not in s).strip()
+    text = " ".join(text.split())
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    owner = tb.tb_frame.f_locals.get("self") if tb is not None else None
+    if isinstance(owner, Callback):
+        return TrainerValueError(text, "trainer.callbacks", type(owner).__name__)
+    if isinstance(owner, Strategy):
+        return TrainerValueError(text, "trainer.strategy", type(owner).__name__)
+    lowered = text.lower()
+    if "xla" in lowered or "tpu" in lowered:
+        lowered += " accelerator"
+    for key in _TRAINER_KEYS:
+        if key in lowered or key.rstrip("s") in lowered:
+            value = getattr(trainer, key, None)
+            return TrainerValueError(text, f"trainer.{key}", getattr(value, "class_path", value))
+    return TrainerValueError(text)
 
 
 def make_cli(args: list[str] | None = None, run: bool = True):

@@ -17,6 +17,20 @@ class RecipeError(LitUnitscaleError, ValueError):
     """A recipe key, value or combination that cannot work."""
 
 
+class TrainerValueError(RecipeError):
+    """A Trainer, strategy or callback value that Lightning (or the class it builds) refused.
+
+    Args:
+        message: the refusal, one line.
+        key: the recipe key it is about (``trainer.strategy``), or None when unknown.
+        value: that key's value.
+    """
+
+    def __init__(self, message: str, key: str | None = None, value: object = None) -> None:
+        super().__init__(message)
+        self.key, self.value = key, value
+
+
 class CheckpointFileError(LitUnitscaleError, ValueError):
     """A checkpoint file that is missing, truncated, corrupt or refused by the safe loader."""
 

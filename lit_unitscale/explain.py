@@ -13,7 +13,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from lit_unitscale.errors import LitUnitscaleError, TrainingFault, did_you_mean
+from lit_unitscale.errors import (
+    LitUnitscaleError,
+    TrainerValueError,
+    TrainingFault,
+    did_you_mean,
+)
 from lit_unitscale.recipe_check import flat_keys, load_recipe, option_values
 
 # Errors other layers raise for users, by class name so that this module imports none of them.
@@ -74,6 +79,10 @@ def explain(error: BaseException, ctx: Context) -> str | None:
             return _trainer_message(text, ctx)
         if isinstance(item, TrainingFault):
             return _first_paragraph(text)
+        if isinstance(item, TrainerValueError):
+            if item.key is None:
+                return f"trainer: {text}"
+            return f"{item.key}={item.value} {_where(item.key, ctx)}: {text}"
         if _is_user_error(item):
             return _with_recipe_key(_first_paragraph(text), ctx)
         if _is_bad_checkpoint(item):
@@ -200,7 +209,32 @@ def _unknown_key(key: str, ctx: Context) -> str:
 
 
 # -- jsonargparse -------------------------------------------------------------------------------
+def _union_message(text: str, ctx: Context) -> str | None:
+    """A class in a list (callbacks, loggers) whose constructor refused its arguments: jsonargparse
+    reports it as a Union mismatch whose first listed error is the constructor's."""
+    errors = re.findall(r"^\s+- (.*)$", text, re.M)
+    cls = re.search(r"class_path='([\w.]+)'", text)
+    if not errors or not cls or errors[0].startswith(("Not a valid", "Expected a")):
+        return None
+    path, subtypes = cls.group(1), text.split("Errors:")[0]
+    if "Callback" in subtypes:
+        key = "trainer.callbacks"
+    elif "Logger" in subtypes:
+        key = "trainer.logger"
+    else:
+        return None
+    where = next(
+        (f"in {f}" for f in reversed(ctx.files) if path in Path(f).read_text()),
+        "on the command line",
+    )
+    return f"{key}={path.rpartition('.')[2]} {where}: {errors[0]}"
+
+
 def _parser_message(text: str, ctx: Context) -> str:
+    if text.startswith(_UNION):
+        message = _union_message(text, ctx)
+        if message is not None:
+            return message
     # Innermost problem first: the last "Problem with given class_path" names the class.
     parent = re.findall(r'Parser key "([^"]+)"', text)
     if re.search(r"has no attribute|Import path|No module named", text):

@@ -15,6 +15,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 from lit_unitscale.strategies.checks import CheckedStrategy
+from lit_unitscale.strategies.topology import TopologyError
 
 DType = Literal["float32", "bfloat16", "float16"]
 
@@ -93,6 +94,12 @@ class FSDP2Strategy(CheckedStrategy, ModelParallelStrategy):
         process_group_backend: str | None = None,
         timeout: timedelta | None = timedelta(minutes=30),
     ) -> None:
+        for name, size in (
+            ("data_parallel_size", data_parallel_size),
+            ("tensor_parallel_size", tensor_parallel_size),
+        ):
+            if size != "auto" and (not isinstance(size, int) or size < 1):
+                raise TopologyError(f"FSDP2Strategy {name} must be 'auto' or >= 1, got {size!r}")
         super().__init__(
             data_parallel_size=data_parallel_size,
             tensor_parallel_size=tensor_parallel_size,

@@ -134,6 +134,33 @@ CASES: dict[str, tuple[str | None, list[str], list[str]]] = {
         [],
         ["trainer.accelerator=gpu in", "This machine can run accelerator: cpu"],
     ),
+    "unknown_strategy": (
+        None,
+        ["--trainer.strategy=nosuchstrategy"],
+        ["trainer.strategy=nosuchstrategy on the command line", "invalid strategy name"],
+    ),
+    "tpu_without_xla": (
+        None,
+        ["--trainer.accelerator=tpu"],
+        ["trainer.accelerator=tpu on the command line", "torch_xla"],
+    ),
+    "callback_argument": (
+        "trainer:\n  callbacks:\n    - class_path: lit_unitscale.callbacks.ScaleMonitor\n"
+        "      init_args: {every_n_steps: 0}\n",
+        [],
+        ["trainer.callbacks=ScaleMonitor in", "every_n_steps must be >= 1, got 0"],
+    ),
+    "strategy_argument": (
+        "trainer:\n  strategy:\n    class_path: lit_unitscale.strategies.FSDP2Strategy\n"
+        "    init_args: {tensor_parallel_size: 0}\n",
+        [],
+        ["trainer.strategy"],
+    ),
+    "run_directory_taken": (
+        None,
+        ["--trainer.default_root_dir", "{tmp}/taken"],
+        ["{tmp}/taken already holds a run (config.yaml)", "--ckpt_path last"],
+    ),
     "unknown_subcommand": (None, [], ["unknown subcommand 'fitt' (did you mean 'fit'?)"]),
 }
 
@@ -144,6 +171,8 @@ class _Pickled:
 
 def _fixtures(tmp: Path) -> None:
     (tmp / "empty").mkdir()
+    (tmp / "taken").mkdir()
+    (tmp / "taken" / "config.yaml").write_text("trainer: {}\n")
     (tmp / "tokenizer.json").write_text('{"version": "1.0", "trunc')
     config = {"d_model": 32, "n_layers": 2, "n_heads": 4, "max_seq_len": 16}
     torch.save({"state_dict": {}, "model_config": config}, tmp / "arch.ckpt")
@@ -194,19 +223,19 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, st
     _fixtures(tmp)
     commands = {name: _command(name, tmp) for name in CASES}
     commands["debug"] = [*_command("unknown_top_key_cli", tmp), "--debug"]
-    return _run_all(commands)
+    return {**_run_all(commands), "tmp": tmp}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_one_clear_message(name: str, results: dict[str, tuple[int, str]]) -> None:
-    code, stderr = results[name]
+    (code, stderr), tmp_root = results[name], results["tmp"]
     messages = [line for line in stderr.splitlines() if line.startswith("lit_unitscale: ")]
     assert code != 0, stderr[-2000:]
     assert "Traceback" not in stderr, stderr[-3000:]
     assert len(messages) == 1, stderr[-2000:]
     for expected in CASES[name][2]:
-        assert expected in messages[0], messages[0]
+        assert expected.replace("{tmp}", str(tmp_root)) in messages[0], messages[0]
     assert len(messages[0]) < 400, messages[0]
 
 
