@@ -11,6 +11,7 @@ import importlib
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 # Tool subcommands: name -> (module with `main(argv) -> int`, one-line help).
 TOOLS: dict[str, tuple[str, str]] = {
@@ -60,6 +61,11 @@ def _recipe_cli_class():
                     raise
                 config = self.config[self.subcommand] if self.subcommand else self.config
                 raise _trainer_value_error(error, config.trainer) from error
+            for logger in self.trainer.loggers:
+                # Lightning passes wandb a deprecated `anonymous` setting, which it warns about.
+                getattr(logger, "_wandb_init", {}).pop("anonymous", None)
+            # wandb looks for the code's git repository from the run directory: make it exist.
+            Path(self.trainer.default_root_dir).mkdir(parents=True, exist_ok=True)
 
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand] if self.subcommand else self.config
@@ -132,9 +138,12 @@ def make_cli(args: list[str] | None = None, run: bool = True):
         args: command-line arguments (default ``sys.argv[1:]``).
         run: run the subcommand; with False only parse and instantiate (for tests).
     """
+    from lit_unitscale import console
+    from lit_unitscale.callbacks.progress import RunSummary
     from lit_unitscale.data.base import BaseDataModule
     from lit_unitscale.tasks.base import UnitScaledTask
 
+    console.quiet()
     _configure_jsonargparse()
     return _recipe_cli_class()(
         UnitScaledTask,
@@ -144,6 +153,8 @@ def make_cli(args: list[str] | None = None, run: bool = True):
         parser_kwargs={"parser_mode": "omegaconf+"},
         # Resuming into an existing run directory must not abort on config.yaml.
         save_config_kwargs={"overwrite": True},
+        # The run summary replaces Lightning's model summary (whose FLOPs column reads 0).
+        trainer_defaults={"callbacks": [RunSummary()], "enable_model_summary": False},
         args=args,
         run=run,
     )
