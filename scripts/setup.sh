@@ -2,7 +2,7 @@
 # One-time (idempotent) set-up: a virtual environment in .venv with torch, the project and its
 # dev/deepspeed extras. Safe to rerun; it only installs what is missing.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$(readlink -f "$0")")/.."
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
