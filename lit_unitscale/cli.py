@@ -67,6 +67,29 @@ def _recipe_cli_class():
             # wandb looks for the code's git repository from the run directory: make it exist.
             Path(self.trainer.default_root_dir).mkdir(parents=True, exist_ok=True)
 
+        def parse_arguments(self, parser, args) -> None:
+            # --print_config prints while parsing, before before_instantiate_classes: show it
+            # the run directory's paths too (a jsonargparse hook; jsonargparse is pinned).
+            from jsonargparse._actions import _ActionPrintConfig
+
+            original = _ActionPrintConfig.print_config_if_requested
+
+            def print_with_run_paths(sub_parser, cfg) -> None:
+                request = getattr(sub_parser, "print_config", None)
+                if request is not None:
+                    key = request.get("key")
+                    trainer = (cfg[key] if key else cfg).get("trainer")
+                    root = getattr(trainer, "default_root_dir", None)
+                    if root is not None:
+                        run_dir.point_artifacts_at(trainer, root)
+                original(sub_parser, cfg)
+
+            _ActionPrintConfig.print_config_if_requested = staticmethod(print_with_run_paths)
+            try:
+                super().parse_arguments(parser, args)
+            finally:
+                _ActionPrintConfig.print_config_if_requested = staticmethod(original)
+
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand] if self.subcommand else self.config
             root = config.trainer.default_root_dir

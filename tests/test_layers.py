@@ -23,7 +23,9 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "lit_unitscale/data": tuple(
         f"lit_unitscale.{u}" for u in ("models", "tasks", "strategies", "tools", "cli", "callbacks")
     ),
-    "callbacks": tuple(f"lit_unitscale.{u}" for u in ("models", "tasks", "data", "tools", "cli")),
+    "lit_unitscale/callbacks": tuple(
+        f"lit_unitscale.{u}" for u in ("models", "tasks", "data", "tools", "cli")
+    ),
 }
 
 

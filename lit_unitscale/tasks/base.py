@@ -56,7 +56,7 @@ class UnitScaledTask(L.LightningModule):
         super().__init__()
         if independent_weight_decay and model.parametrization == "umup" and weight_decay >= 0.01:
             raise RecipeError(
-                f"model.init_args.weight_decay={weight_decay} under u-μP's independent weight "
+                f"weight_decay={weight_decay} under u-μP's independent weight "
                 f"decay shrinks weights by {100 * weight_decay:.1f} % every step: give the "
                 "per-step decay (torch's 0.1 at lr 1e-3 is 1e-4), or set "
                 "independent_weight_decay: false for torch's meaning"

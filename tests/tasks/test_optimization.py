@@ -45,7 +45,10 @@ def test_weight_decay_error_is_one_line_from_the_cli(tmp_path: Path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if "weight_decay" in line]
-    assert lines and "model.init_args.weight_decay=0.1" in lines[0], proc.stderr[-2000:]
+    assert (
+        lines
+        and "model.init_args.weight_decay on the command line: weight_decay=0.1 under" in lines[0]
+    )
     assert not (tmp_path / "checkpoints").exists()
 
 
