@@ -1,7 +1,7 @@
 """Is each model one function of its input, with valid gradients? A table per configuration.
 
-    python benchmarks/model_validity.py --quick    # one JSON line
-    python benchmarks/model_validity.py            # the table for docs/results.md
+    python -m benchmarks.model_validity --quick    # one JSON line
+    python -m benchmarks.model_validity            # the tables for docs/results.md
 
 Columns: the worst cosine between a parameter's gradient and the true gradient of the same
 forward (1.000000 when valid; tiny float64 models, d_model 8, 2 layers), the tensor it belongs
