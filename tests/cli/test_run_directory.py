@@ -46,14 +46,20 @@ def test_artifacts_follow_the_override_and_a_second_fit_is_refused(
     assert list((root / "wandb").glob("offline-run-*"))
     assert not (tmp_path / "runs").exists()  # the recipe's own default directory stays unused
 
-    before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    # The first run's wandb service may still flush its own logs; compare everything else.
+    def ours() -> dict[Path, int]:
+        files = (p for p in root.rglob("*") if p.is_file() and "wandb" not in p.parts)
+        return {p: p.stat().st_mtime_ns for p in files}
+
+    runs = sorted((root / "wandb").glob("offline-run-*"))
+    before = ours()
     again = run_cli("fit", *args, cwd=tmp_path, check=False)
     assert again.returncode == 2
     message = [line for line in again.stderr.splitlines() if line.startswith("lit_unitscale:")]
     assert len(message) == 1 and "already holds a run" in message[0], again.stderr[-2000:]
     assert "--ckpt_path last" in message[0] and f"{root}-2" in message[0]
-    after = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
-    assert after == before  # nothing written, nothing mixed in
+    assert ours() == before  # nothing written, nothing mixed in
+    assert sorted((root / "wandb").glob("offline-run-*")) == runs  # no second W&B run
 
     run_cli("fit", *args[:-1], "5", "--ckpt_path", "last", cwd=tmp_path)  # resume is allowed
     assert not list((root / "checkpoints").glob("last-v*.ckpt"))
