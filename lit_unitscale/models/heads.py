@@ -16,6 +16,10 @@ from lit_unitscale.unit import LinearReadout, UnitModule
 
 
 class _WithHead(UnitModule):
+    # Methods that callers use instead of ``forward`` (e.g. decoding step by step); a sharding
+    # wrapper must gather parameters around them as it does around ``forward``.
+    entry_methods: tuple[str, ...] = ()
+
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__(config.parametrization)
         self.config = config
@@ -105,6 +109,8 @@ class Seq2SeqLM(_WithHead):
     Args:
         config: model configuration.
     """
+
+    entry_methods = ("encode", "decode_logits")
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__(config)

@@ -28,13 +28,17 @@ def shard_model(
 ) -> nn.Module:
     """Shard ``model`` over the mesh's data-parallel dimension, block by block.
 
+    The model's ``entry_methods`` (e.g. a sequence-to-sequence model's ``encode`` and
+    ``decode_logits``, which decoding calls instead of ``forward``) are registered as FSDP
+    forward methods, so calling them gathers the root's parameters as ``forward`` does.
+
     Args:
         model: a model with a ``blocks()`` method (all lit_unitscale models have one).
         mesh: the device mesh from Lightning's ModelParallelStrategy.
         reshard_after_forward: free unsharded parameters after each block's forward.
         mp_policy: optional ``torch.distributed.fsdp.MixedPrecisionPolicy``.
     """
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     dp_mesh = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
     kwargs = {"mesh": dp_mesh, "reshard_after_forward": reshard_after_forward}
@@ -43,6 +47,8 @@ def shard_model(
     for block in model.blocks():
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)
+    for name in getattr(model, "entry_methods", ()):
+        register_fsdp_forward_method(model, name)
     return model
 
 
