@@ -39,6 +39,93 @@ class SlurmError(Exception):
         self.exit_code = exit_code
 
 
+# What may reach the job script. #SBATCH lines are read by sbatch, not by a shell: nothing can be
+# quoted there, so their values are checked against what SLURM accepts. Values in shell text are
+# quoted with shlex.quote and must only be free of control characters (a newline inside a quoted
+# word is valid shell, but the script would no longer read one command per line).
+_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
+JOB_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", re.ASCII)
+ACCOUNT = re.compile(_NAME, re.ASCII)
+PARTITIONS = re.compile(rf"{_NAME}(,{_NAME})*", re.ASCII)
+# minutes, minutes:seconds, hours:minutes:seconds, days-hours, days-hours:minutes,
+# days-hours:minutes:seconds (sbatch --time); UNLIMITED and INFINITE mean no limit.
+TIME = re.compile(r"[0-9]+(:[0-9]+){0,2}|[0-9]+-[0-9]+(:[0-9]+){0,2}|UNLIMITED|INFINITE", re.ASCII)
+HOST = re.compile(r"[A-Za-z0-9_.:][A-Za-z0-9_.:-]*", re.ASCII)
+# sbatch splits directive values at whitespace and reads quotes, backslashes and "%" patterns
+# (%j, %x) in --output; "#" could start a comment.
+DIRECTIVE_PATH_REFUSED = set(" \t\"'\\%#")
+JOB_NAME_WORDS = "1-128 letters, digits, '_', '.' or '-', not starting with '.' or '-'"
+TIME_WORDS = "a SLURM time such as 90, 12:00:00 or 1-00:00:00"
+
+
+def is_file(path: str | Path) -> bool:
+    """Whether ``path`` is a file; False (not an exception) for names the OS cannot take.
+
+    Args:
+        path: any user-given path, possibly too long or holding a NUL character.
+    """
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def shown(value: str) -> str:
+    """``value`` as one line for messages and comments: control characters escaped.
+
+    Args:
+        value: any text, possibly holding newlines or other control characters.
+    """
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in value)
+
+
+def check_pattern(flag: str, value: str, pattern: re.Pattern[str], expected: str) -> str:
+    """``value`` when ``pattern`` matches all of it; refused with a line naming ``flag`` otherwise.
+
+    Args:
+        flag: the option the value came from, named in the refusal.
+        value: what the user gave.
+        pattern: the accepted form.
+        expected: the accepted form in words, for the refusal.
+    """
+    if not pattern.fullmatch(value):
+        raise SlurmError(f"{flag} {shown(repr(value))}: expected {expected}", EXIT_USAGE)
+    return value
+
+
+def check_directive_path(flag: str, path: Path) -> Path:
+    """``path`` when it can stand in an ``#SBATCH`` line as it is; refused otherwise.
+
+    Args:
+        flag: the option the path came from (or where it came from), named in the refusal.
+        path: the absolute path.
+    """
+    text = str(path)
+    if any(ch in DIRECTIVE_PATH_REFUSED or not ch.isprintable() for ch in text):
+        raise SlurmError(
+            f"{flag} {shown(repr(text))}: a path in #SBATCH lines may not hold whitespace, "
+            "control characters, quotes, backslashes, '%' or '#'",
+            EXIT_USAGE,
+        )
+    return path
+
+
+def check_printable(flag: str, value: str) -> str:
+    """``value`` when it holds no control characters (it is shell-quoted where it is used).
+
+    Args:
+        flag: the option the value came from, named in the refusal.
+        value: a path or argument that reaches the script's shell text.
+    """
+    if not value.isprintable():
+        raise SlurmError(
+            f"{flag} {shown(repr(value))}: control characters (newlines, tabs, ...) are not "
+            "allowed",
+            EXIT_USAGE,
+        )
+    return value
+
+
 @dataclass
 class JobSpec:
     """Everything the sbatch template needs, after validation."""
@@ -83,8 +170,8 @@ def load_recipe(paths: list[str]) -> DictConfig:
     """
     merged = OmegaConf.create({})
     for path in paths:
-        if not Path(path).is_file():
-            raise SlurmError(f"recipe not found: {path}")
+        if not is_file(path):
+            raise SlurmError(f"--config {shown(path)}: recipe not found")
         try:
             merged = OmegaConf.merge(merged, OmegaConf.load(path))
         except (OmegaConfBaseException, OSError, ValueError) as error:
@@ -197,10 +284,10 @@ def render(spec: JobSpec, template_path: Path = DEFAULT_TEMPLATE) -> str:
         spec: the validated job.
         template_path: the ``string.Template`` file to fill in.
     """
-    if not template_path.is_file():
-        raise SlurmError(f"sbatch template not found: {template_path}")
+    if not is_file(template_path):
+        raise SlurmError(f"--template {shown(str(template_path))}: file not found")
     q = shlex.quote
-    optional = [f"# {note}" for note in spec.notes]
+    optional = [f"# {shown(note)}" for note in spec.notes]
     if spec.accelerator == "gpu":
         optional.append(f"#SBATCH --gpus-per-node={spec.tasks_per_node}")
     if spec.partition:
@@ -265,9 +352,22 @@ def _default_venv() -> Path | None:
     return None
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line naming the option, not the usage text."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """Print ``slurm: <message>`` and exit 2.
+
+        Args:
+            message: argparse's explanation, e.g. ``argument --nodes: invalid int value: 'x'``.
+        """
+        print(f"slurm: {shown(message)} (see --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``slurm`` tool's argument parser (subcommands ``submit`` and ``render``)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m lit_unitscale slurm",
         description="Render or submit an sbatch job that runs `lit_unitscale fit` on a recipe. "
         "Arguments after `--` are passed to fit.",
@@ -366,24 +466,45 @@ def make_spec(args: argparse.Namespace, extra_args: list[str]) -> JobSpec:
         raise SlurmError(
             "--nodes, --gpus-per-node and --cpus-per-task must be at least 1", EXIT_USAGE
         )
+    for path in args.config:
+        check_printable("--config", path)
+    for arg in extra_args:
+        check_printable("argument after --", arg)
     merged = load_recipe(args.config)
     notes = check_topology(args.config, merged, args.nodes, args.gpus_per_node, args.accelerator)
-    job_name = args.job_name or Path(args.config[-1]).stem
-    workdir = Path.cwd()
+    if args.job_name is not None:
+        job_name = check_pattern("--job-name", args.job_name, JOB_NAME, JOB_NAME_WORDS)
+    else:
+        job_name = Path(args.config[-1]).stem
+        if not JOB_NAME.fullmatch(job_name):
+            raise SlurmError(
+                f"--job-name is needed: its default, the recipe file name "
+                f"{shown(repr(job_name))}, is not {JOB_NAME_WORDS}",
+                EXIT_USAGE,
+            )
+    time = check_pattern("--time", args.time, TIME, TIME_WORDS)
+    if args.partition is not None:
+        check_pattern("--partition", args.partition, PARTITIONS, "partition names, comma-separated")
+    if args.account is not None:
+        check_pattern("--account", args.account, ACCOUNT, "an account name")
+    if args.master_addr:
+        check_pattern("--master-addr", args.master_addr, HOST, "a host name or IP address")
+    workdir = check_directive_path("the current directory (the job's --chdir)", Path.cwd())
     output_dir = (args.output_dir or Path("runs") / "slurm" / job_name).absolute()
+    check_directive_path("--output-dir", output_dir)
     if args.venv is None:
         venv = _default_venv()
     else:
-        venv = Path(args.venv).absolute() if args.venv else None
-    if venv is not None and not (venv / "bin" / "activate").is_file():
-        raise SlurmError(f"--venv {venv}: no bin/activate there")
+        venv = Path(check_printable("--venv", args.venv)).absolute() if args.venv else None
+    if venv is not None and not is_file(venv / "bin" / "activate"):
+        raise SlurmError(f"--venv {shown(str(venv))}: no bin/activate there")
     return JobSpec(
         configs=list(args.config),
         nodes=args.nodes,
         tasks_per_node=args.gpus_per_node,
         accelerator=args.accelerator,
         cpus_per_task=args.cpus_per_task,
-        time=args.time,
+        time=time,
         job_name=job_name,
         output_dir=output_dir,
         workdir=workdir,
@@ -418,7 +539,7 @@ def main(argv: list[str]) -> int:
         script_path.write_text(script)
         job_id = submit(script_path)
     except SlurmError as error:
-        print(f"slurm: {error}", file=sys.stderr)
+        print(f"slurm: {shown(str(error))}", file=sys.stderr)
         return error.exit_code
     logs = spec.output_dir / f"{spec.job_name}-{job_id}"
     print(f"submitted job {job_id} ({spec.nodes} node(s) x {spec.tasks_per_node} task(s))")

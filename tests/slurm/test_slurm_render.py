@@ -62,11 +62,14 @@ def test_render_has_layout_signal_and_configs(
     assert "#SBATCH --account=lab\n" in script
     assert "#SBATCH --time=02:00:00\n" in script
     assert "#SBATCH --signal=B:SIGUSR1@90\n" in script
-    assert "trap requeue USR1" in script
+    assert "trap stop_then_requeue USR1" in script
     assert "#SBATCH --requeue\n" in script
     assert "#SBATCH --open-mode=append\n" in script
     assert f"#SBATCH --output={tmp_path / 'out'}/%x-%j.out\n" in script
-    assert "srun --kill-on-bad-exit=1 python -m lit_unitscale fit" in script
+    # srun gets the job's cores per task: from Slurm 22.05 it no longer inherits them, and each
+    # rank would be bound to one core.
+    srun = 'srun --kill-on-bad-exit=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" python -m'
+    assert f"{srun} lit_unitscale fit" in script
     # Configs in the order given, then the layout, then the extra arguments.
     fit = script[script.index("srun ") :]
     positions = [
@@ -76,7 +79,7 @@ def test_render_has_layout_signal_and_configs(
         fit.index("--trainer.max_steps 10"),
     ]
     assert positions == sorted(positions)
-    assert "--ckpt_path last" in script  # on requeue
+    assert "${RESUME:+--ckpt_path last} &\n" in script  # on requeue
     assert "export WANDB_RUN_ID=overlay-$SLURM_JOB_ID" in script
     subprocess.run(["bash", "-n"], input=script, text=True, check=True)
 
@@ -198,7 +201,8 @@ def test_readme_multi_node_command_renders_and_the_cli_takes_its_shape(tmp_path:
         command.append(line.rstrip("\\ "))
         if not line.endswith("\\"):
             break
-    args = [a for a in shlex.split(" ".join(command))[2:] if "RESUME_ARGS" not in a and a != "&"]
+    text = " ".join(command)
+    args = shlex.split(text[: text.index("${RESUME")])[2:]  # the resume flag is for requeues
     printed = subprocess.run(
         [sys.executable, "-m", "lit_unitscale", "fit", *args, "--print_config"],
         cwd=REPO,
@@ -213,7 +217,7 @@ def test_readme_multi_node_command_renders_and_the_cli_takes_its_shape(tmp_path:
 
 def test_missing_recipe_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert slurm.main(["render", "--config", "no/such/recipe.yaml"]) == 1
-    assert capsys.readouterr().err == "slurm: recipe not found: no/such/recipe.yaml\n"
+    assert capsys.readouterr().err == "slurm: --config no/such/recipe.yaml: recipe not found\n"
 
 
 def test_submit_without_sbatch_is_one_line(
