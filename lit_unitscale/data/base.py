@@ -1,13 +1,15 @@
 """What every datamodule here shares: loaders, seeding, lazy one-time preparation, and the
 choice between training a tokenizer and loading one by path."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
 from tokenizers import Tokenizer
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data.distributed import DistributedSampler
 
 from lit_unitscale.errors import RecipeError
 
@@ -19,6 +21,61 @@ from .text_tokenizers import (
     load_tokenizer,
     token_id,
 )
+
+# Batch key of evaluation batches under several processes: False marks an example repeated only
+# so that every process runs as many batches (metrics skip it; forwards still run on it).
+COUNTED = "counted"
+
+
+class EvalSampler(DistributedSampler):
+    """``DistributedSampler``'s evaluation order (dataset order, padded by repeating examples
+    from the start, dealt round-robin) that marks the repeats: it yields ``(index, counted)``.
+
+    Every process runs the same number of batches, which sharded forwards (FSDP2, ZeRO-3) and
+    collective metrics need, and each example is counted exactly once over all processes.
+    Being a ``DistributedSampler``, Lightning keeps it instead of injecting its own.
+
+    Args:
+        dataset: the map-style dataset.
+        num_replicas: data-parallel processes.
+        rank: this process's data-parallel rank.
+    """
+
+    def __init__(self, dataset: Any, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+
+    def __iter__(self) -> Iterator[tuple[int, bool]]:  # type: ignore[override]
+        n = len(self.dataset)
+        for position in range(self.rank, self.total_size, self.num_replicas):
+            yield position % n, position < n
+
+
+class _MarkedDataset(Dataset):
+    """Reads ``(index, counted)`` keys from :class:`EvalSampler`; returns ``(example, counted)``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, bool]) -> tuple[Any, bool]:
+        index, counted = key
+        return self.dataset[index], counted
+
+
+class _MarkedCollate:
+    """Collates the examples as ``collate`` does and adds the :data:`COUNTED` flags."""
+
+    def __init__(self, collate: Callable | None) -> None:
+        self.collate = collate or default_collate
+
+    def __call__(self, items: list[tuple[Any, bool]]) -> dict[str, Any]:
+        batch = self.collate([example for example, _ in items])
+        if not isinstance(batch, dict):
+            raise TypeError(f"evaluation batches must be dicts to carry {COUNTED!r} flags")
+        batch[COUNTED] = torch.tensor([counted for _, counted in items], dtype=torch.bool)
+        return batch
 
 
 class BaseDataModule(LightningDataModule):
@@ -71,7 +128,22 @@ class BaseDataModule(LightningDataModule):
         """The collate function for `split` (None: default collation)."""
         return None
 
-    def _loader(self, split: str) -> DataLoader:
+    def _eval_replicas(self) -> dict[str, int] | None:
+        """``num_replicas`` and ``rank`` of the data-parallel processes (None: one process)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.world_size == 1:
+            return None
+        kwargs = trainer.strategy.distributed_sampler_kwargs or {}
+        return {"num_replicas": int(kwargs["num_replicas"]), "rank": int(kwargs["rank"])}
+
+    def _loader(self, split: str, mark_repeats: bool = True) -> DataLoader:
+        """The loader of ``split``.
+
+        Args:
+            split: "train", "valid" or "test".
+            mark_repeats: evaluation under several processes: an :class:`EvalSampler` whose
+                repeated examples the batches flag as not :data:`COUNTED`.
+        """
         train = split == "train"
         if train and self._shuffle_generator is None:
             # One generator for the module's lifetime: a reloaded training loader continues its
@@ -79,16 +151,22 @@ class BaseDataModule(LightningDataModule):
             self._shuffle_generator = torch.Generator().manual_seed(self.seed)
         if split not in self._collators:  # kept, so a collator's random state carries on
             self._collators[split] = self._collate(split)
+        dataset, collate, sampler = self.datasets[split], self._collators[split], None
+        replicas = None if train or not mark_repeats else self._eval_replicas()
+        if replicas is not None:
+            sampler = EvalSampler(dataset, **replicas)
+            dataset, collate = _MarkedDataset(dataset), _MarkedCollate(collate)
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size,
             shuffle=train,
             # Lightning swaps in a DistributedSampler (seeded by its own seed) under DDP.
+            sampler=sampler,
             generator=self._shuffle_generator if train else None,
             num_workers=self.num_workers,
             # Persistent workers keep their collator's random state across epochs.
             persistent_workers=self.num_workers > 0,
-            collate_fn=self._collators[split],
+            collate_fn=collate,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -101,8 +179,8 @@ class BaseDataModule(LightningDataModule):
         return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        """Predictions run over the test split."""
-        return self._loader("test")
+        """Predictions run over the test split (Lightning deals it out without repeats)."""
+        return self._loader("test", mark_repeats=False)
 
 
 class TokenizedDataModule(BaseDataModule):

@@ -197,10 +197,29 @@ class UnitScaledTask(L.LightningModule):
         # A GradientAccumulationScheduler changes accumulate_grad_batches between epochs.
         self._declare_global_batch()
         # The base LR after the schedule; each group's LR is this times its u-μP multiplier.
+        # Logged only when Lightning writes logs: a Python float becomes a device tensor, a
+        # copy that would make the host wait on the device every micro-batch.
         sched = self.lr_schedulers()
-        if sched is not None:
+        if sched is not None and self.logging_step():
             factor = sched.lr_lambdas[0](sched.last_epoch)
             self.log("lr", self.hparams.lr * factor, on_step=True, batch_size=1)
+
+    def logging_step(self) -> bool:
+        """Whether Lightning writes logs after this micro-batch (``log_every_n_steps``): the
+        only training micro-batches that may read values back to the host."""
+        return self._trainer is not None and self.trainer._logger_connector.should_update_logs
+
+    def log_train_loss(self, loss: torch.Tensor, batch_size: int) -> None:
+        """Log ``train/loss`` without reading it back to the host: it stays a device tensor
+        until loggers receive it at logging steps.
+
+        Args:
+            loss: the micro-batch's loss, a device tensor.
+            batch_size: examples in the micro-batch.
+        """
+        # Not a progress-bar value: Lightning turns every one of those into a Python float
+        # after each micro-batch, even one logged steps ago.
+        self.log("train/loss", loss, batch_size=batch_size)
 
     # -- evaluation: subclasses implement evaluate(batch, split) and log_split(split) -------
     def evaluate(self, batch: Any, split: str) -> None:

@@ -9,6 +9,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lit_unitscale.tasks.base import UnitScaledTask
+from lit_unitscale.tasks.evaluation import counted_labels
 
 
 class CausalLM(UnitScaledTask):
@@ -28,19 +29,17 @@ class CausalLM(UnitScaledTask):
     def forward(self, input_ids: Tensor) -> Tensor:
         return self.model(input_ids)
 
-    def _nll(self, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
-        logits = self.model(batch["input_ids"])
-        labels = batch["labels"]
-        return self.model.loss(logits, labels), int((labels != -100).sum())
-
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss, _ = self._nll(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        loss = self.model.loss(self.model(batch["input_ids"]), batch["labels"])
+        self.log_train_loss(loss, batch["input_ids"].shape[0])
         return loss
 
     def evaluate(self, batch: dict[str, Tensor], split: str) -> None:
-        loss, tokens = self._nll(batch)
-        getattr(self, f"{split}_nll").update(loss.detach(), weight=tokens)
+        labels = counted_labels(batch)
+        tokens = int((labels != -100).sum())
+        loss = self.model.loss(self.model(batch["input_ids"]), labels)
+        if tokens:
+            getattr(self, f"{split}_nll").update(loss.detach(), weight=tokens)
 
     def log_split(self, split: str) -> None:
         metric = getattr(self, f"{split}_nll")

@@ -9,7 +9,9 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from lit_unitscale.data.base import COUNTED
 from lit_unitscale.metrics import SpanF1
+from lit_unitscale.tasks.evaluation import counted_labels, counted_rows
 from lit_unitscale.tasks.finetune import EncoderTask
 
 
@@ -36,12 +38,16 @@ class SequenceClassifier(EncoderTask):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         logits = self.model(batch["input_ids"], batch["attention_mask"])
         loss = self.model.loss(logits, batch["labels"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
+        self.log_train_loss(loss, len(batch["labels"]))
         return loss
 
     def evaluate(self, batch: dict[str, Tensor], split: str) -> None:
         logits = self.model(batch["input_ids"], batch["attention_mask"])
         labels = batch["labels"]
+        if COUNTED in batch:  # skip the examples repeated to even out processes
+            logits, labels = logits[batch[COUNTED]], labels[batch[COUNTED]]
+            if not len(labels):
+                return
         getattr(self, f"{split}_loss").update(self.model.loss(logits, labels), len(labels))
         preds = logits.argmax(-1)
         getattr(self, f"{split}_acc").update(preds, labels)
@@ -101,7 +107,7 @@ class TokenClassifier(EncoderTask):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         logits = self.model(batch["input_ids"], batch["attention_mask"])
         loss = self.model.loss(logits, batch["labels"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
+        self.log_train_loss(loss, len(batch["labels"]))
         return loss
 
     def _word_tags(self, preds: Tensor, labels: Tensor) -> tuple[list, list]:
@@ -115,10 +121,14 @@ class TokenClassifier(EncoderTask):
 
     def evaluate(self, batch: dict[str, Tensor], split: str) -> None:
         logits = self.model(batch["input_ids"], batch["attention_mask"])
-        labels = batch["labels"]
+        labels = counted_labels(batch)
         tokens = int((labels != -100).sum())
-        getattr(self, f"{split}_loss").update(self.model.loss(logits, labels), max(tokens, 1))
-        getattr(self, f"{split}_spans").update(*self._word_tags(logits.argmax(-1), labels))
+        if tokens:
+            getattr(self, f"{split}_loss").update(self.model.loss(logits, labels), tokens)
+        pred_tags, gold_tags = self._word_tags(logits.argmax(-1), labels)
+        getattr(self, f"{split}_spans").update(
+            counted_rows(batch, pred_tags), counted_rows(batch, gold_tags)
+        )
 
     def log_split(self, split: str) -> None:
         spans = getattr(self, f"{split}_spans")

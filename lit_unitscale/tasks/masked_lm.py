@@ -11,6 +11,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lit_unitscale.tasks.base import UnitScaledTask
+from lit_unitscale.tasks.evaluation import counted_labels
 
 
 class MaskedLM(UnitScaledTask):
@@ -32,23 +33,22 @@ class MaskedLM(UnitScaledTask):
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         return self.model(input_ids, attention_mask)
 
-    def _step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, int]:
-        logits = self.model(batch["input_ids"], batch["attention_mask"])
-        labels = batch["labels"]
-        loss = self.model.loss(logits, labels)
-        masked = labels != -100
-        correct = (logits.argmax(-1) == labels) & masked
-        tokens = int(masked.sum())
-        return loss, correct.sum().float() / max(tokens, 1), tokens
-
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss, _, _ = self._step(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        # Accuracy (a full-vocabulary argmax) and token counts are evaluation-only: training
+        # steps read nothing back to the host.
+        logits = self.model(batch["input_ids"], batch["attention_mask"])
+        loss = self.model.loss(logits, batch["labels"])
+        self.log_train_loss(loss, batch["input_ids"].shape[0])
         return loss
 
     def evaluate(self, batch: dict[str, Tensor], split: str) -> None:
-        loss, accuracy, tokens = self._step(batch)
+        logits = self.model(batch["input_ids"], batch["attention_mask"])
+        labels = counted_labels(batch)
+        loss = self.model.loss(logits, labels)
+        masked = labels != -100
+        tokens = int(masked.sum())
         if tokens:
+            accuracy = ((logits.argmax(-1) == labels) & masked).sum().float() / tokens
             getattr(self, f"{split}_nll").update(loss.detach(), weight=tokens)
             getattr(self, f"{split}_acc").update(accuracy, weight=tokens)
 

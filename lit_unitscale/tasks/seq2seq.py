@@ -11,6 +11,7 @@ from torchmetrics import MeanMetric
 from lit_unitscale.metrics import G2PErrorRates
 from lit_unitscale.tasks.base import UnitScaledTask
 from lit_unitscale.tasks.decoding import beam_search, greedy_decode
+from lit_unitscale.tasks.evaluation import counted_labels, counted_rows
 
 
 class Seq2Seq(UnitScaledTask):
@@ -60,13 +61,13 @@ class Seq2Seq(UnitScaledTask):
     ) -> Tensor:
         return self.model(input_ids, decoder_input_ids, attention_mask)
 
-    def _loss(self, batch: dict[str, Tensor]) -> Tensor:
+    def _loss(self, batch: dict[str, Tensor], labels: Tensor) -> Tensor:
         logits = self.model(batch["input_ids"], batch["decoder_input_ids"], batch["attention_mask"])
-        return self.model.loss(logits, batch["labels"])
+        return self.model.loss(logits, labels)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self._loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        loss = self._loss(batch, batch["labels"])
+        self.log_train_loss(loss, batch["input_ids"].shape[0])
         return loss
 
     # -- decoding ----------------------------------------------------------------------------
@@ -102,15 +103,25 @@ class Seq2Seq(UnitScaledTask):
 
         def step(prefix: Tensor) -> Tensor:
             t = prefix.shape[1]
-            padded = torch.nn.functional.pad(prefix, (0, width - t), value=pad).to(memory.device)
-            return self.model.decode_logits(padded, memory, attention_mask)[:, t - 1].cpu()
+            padded = torch.nn.functional.pad(prefix, (0, width - t), value=pad)
+            return self.model.decode_logits(padded, memory, attention_mask)[:, t - 1]
 
+        common = {"device": input_ids.device, "stop": self._stop_decoding}
         if beam_size == 1:
-            return greedy_decode(step, B, bos, eos, pad, self.max_decode_len)
+            return greedy_decode(step, B, bos, eos, pad, self.max_decode_len, **common)
         ids, _ = beam_search(
-            step, B, bos, eos, pad, self.max_decode_len, beam_size, self.length_penalty
+            step, B, bos, eos, pad, self.max_decode_len, beam_size, self.length_penalty, **common
         )
         return ids
+
+    def _stop_decoding(self, done: Tensor) -> bool:
+        """True once every process's sequences are done. A sharded model's forward is a
+        collective, so every process must run as many decoding steps as the slowest one."""
+        finished = bool(done.all())
+        # Prediction deals processes uneven shares without padding: nothing to agree with.
+        if self._trainer is None or self.trainer.predicting:
+            return finished
+        return self.trainer.strategy.reduce_boolean_decision(finished, all=True)
 
     def _strip(self, ids: Tensor) -> list[list[int]]:
         eos, pad, bos = (
@@ -141,12 +152,17 @@ class Seq2Seq(UnitScaledTask):
     def evaluate(self, batch: dict[str, Tensor], split: str) -> None:
         # Validation decodes cheaply (greedy by default); test uses the full beam.
         beam_size = self.eval_beam_size if split == "val" else self.beam_size
-        loss = self._loss(batch)
-        getattr(self, f"{split}_nll").update(
-            loss.detach(), weight=int((batch["labels"] != -100).sum())
-        )
+        labels = counted_labels(batch)
+        tokens = int((labels != -100).sum())
+        loss = self._loss(batch, labels)
+        if tokens:
+            getattr(self, f"{split}_nll").update(loss.detach(), weight=tokens)
+        # Every process decodes its whole batch, repeats too: the steps are collectives.
         ids = self.decode(batch["input_ids"], batch["attention_mask"], beam_size)
-        getattr(self, f"{split}_rates").update(self._strip(ids), self._references(batch, split))
+        getattr(self, f"{split}_rates").update(
+            counted_rows(batch, self._strip(ids)),
+            counted_rows(batch, self._references(batch, split)),
+        )
 
     def log_split(self, split: str) -> None:
         nll = getattr(self, f"{split}_nll")

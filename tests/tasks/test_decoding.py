@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lit_unitscale.tasks.decoding import beam_search, greedy_decode
 
@@ -90,3 +92,56 @@ def test_wide_beam_is_exact_search():
     ids, scores = beam_search(table_step(table), 1, BOS, EOS, PAD, max_len=3, beam_size=8)
     assert ids[0, : len(best_seq)].tolist() == best_seq
     assert scores.item() == pytest.approx(best, abs=1e-5)
+
+
+def random_step(seed: int, vocab: int, device: str = "cpu"):
+    """Next-token logits drawn from a hash of the whole prefix, so any search may revisit it."""
+
+    def step(prefix: torch.Tensor) -> torch.Tensor:
+        rows = []
+        for ids in prefix.tolist():
+            g = torch.Generator().manual_seed(hash((seed, *ids)) % 2**31)
+            rows.append(torch.randn(vocab, generator=g) * 3)
+        return torch.stack(rows).to(device)
+
+    return step
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10**6),
+    batch=st.integers(1, 3),
+    beam=st.integers(1, 4),
+    max_len=st.integers(1, 6),
+    penalty=st.sampled_from([0.0, 1.0]),
+)
+def test_stepping_past_the_end_changes_nothing(seed, batch, beam, max_len, penalty):
+    """What lets sharded processes agree on stopping: a search that keeps stepping after its
+    own sequences are done (padding in, ignored) returns the same sequences and scores."""
+    step = random_step(seed, V)
+    early = greedy_decode(step, batch, BOS, EOS, PAD, max_len)
+    late = greedy_decode(step, batch, BOS, EOS, PAD, max_len, stop=None)
+    assert late.shape == (batch, max_len)
+    assert late[:, : early.shape[1]].tolist() == early.tolist()
+    assert (late[:, early.shape[1] :] == PAD).all()
+
+    early, early_scores = beam_search(step, batch, BOS, EOS, PAD, max_len, beam, penalty)
+    late, late_scores = beam_search(step, batch, BOS, EOS, PAD, max_len, beam, penalty, stop=None)
+    assert late[:, : early.shape[1]].tolist() == early.tolist()
+    assert (late[:, early.shape[1] :] == PAD).all()
+    assert late_scores.tolist() == early_scores.tolist()
+
+
+def test_decoding_builds_every_tensor_on_the_scorers_device():
+    """On the meta device any tensor made on the CPU, and any read of a value back to the host,
+    fails: with ``stop=None`` the search does neither."""
+
+    def step(prefix: torch.Tensor) -> torch.Tensor:
+        assert prefix.device.type == "meta"
+        return torch.zeros(prefix.shape[0], V, device="meta")
+
+    ids = greedy_decode(step, 3, BOS, EOS, PAD, 4, device="meta", stop=None)
+    assert ids.device.type == "meta" and ids.shape == (3, 4)
+    ids, scores = beam_search(step, 3, BOS, EOS, PAD, 4, beam_size=2, device="meta", stop=None)
+    assert ids.device.type == "meta" and ids.shape == (3, 4)
+    assert scores.device.type == "meta" and scores.shape == (3,)
