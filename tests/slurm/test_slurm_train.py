@@ -1,14 +1,19 @@
-"""End to end: `slurm submit` trains a tiny recipe on 2 nodes, then survives a requeue signal.
+"""End to end: `slurm submit` trains a tiny recipe on 2 nodes, survives the time-limit warning
+and ends with the same losses as a run that was never interrupted.
 
 The batch script gets SIGUSR1 as it would 90 s before its time limit (`--signal=B:SIGUSR1@90`):
-it requeues the job, which starts again and resumes from the last checkpoint (`--ckpt_path last`).
+its trap sends SIGTERM to every rank, which saves last.ckpt at the end of its step and stops;
+once the step has ended the script requeues the job, which starts again with the same id and
+resumes from last.ckpt (`--ckpt_path last`).
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import os
 import random
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -20,7 +25,7 @@ from lit_unitscale.tools import slurm
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-MAX_STEPS = 16
+MAX_STEPS = 40
 RECIPE = f"""\
 seed_everything: 1
 trainer:
@@ -34,7 +39,7 @@ trainer:
   default_root_dir: run
   logger:
     class_path: lightning.pytorch.loggers.CSVLogger
-    init_args: {{save_dir: run, name: csv, version: 0, flush_logs_every_n_steps: 1}}
+    init_args: {{save_dir: run, name: csv, flush_logs_every_n_steps: 1}}
   callbacks:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
       init_args: {{dirpath: run/checkpoints, save_last: true, every_n_train_steps: 4}}
@@ -78,43 +83,83 @@ def wait_for_file(pattern: str, folder: Path, timeout: float) -> Path:
     pytest.fail(f"no {pattern} in {folder} after {timeout:.0f} s")
 
 
-def test_train_two_nodes_then_requeue_and_resume(
-    slurm_cluster: str, wait_for_job, tmp_path: Path, monkeypatch, capsys
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    write_corpus(tmp_path / "corpus.txt")
-    (tmp_path / "tiny.yaml").write_text(RECIPE)
-    logs = tmp_path / "logs"
+def submit(folder: Path, capsys: pytest.CaptureFixture[str]) -> tuple[str, Path]:
+    """Write the corpus and recipe into ``folder`` and submit a 2-node job that runs there.
+
+    Returns the job id and the logs folder.
+
+    Args:
+        folder: the job's working directory (created).
+        capsys: pytest's output capture, to read the job id that `submit` prints.
+    """
+    folder.mkdir()
+    write_corpus(folder / "corpus.txt")
+    (folder / "tiny.yaml").write_text(RECIPE)
+    logs = folder / "logs"
     argv = ["submit", "--config", "tiny.yaml", "--nodes", "2", "--gpus-per-node", "1"]
     argv += ["--accelerator", "cpu", "--cpus-per-task", "1", "--master-addr", "127.0.0.1"]
     argv += ["--output-dir", str(logs)]
-    assert slurm.main(argv) == 0
-    job_id = capsys.readouterr().out.split()[2]
-    err_log = logs / f"tiny-{job_id}.err"
+    cwd = Path.cwd()
+    os.chdir(folder)  # the job runs where `submit` runs
+    try:
+        assert slurm.main(argv) == 0
+    finally:
+        os.chdir(cwd)
+    return capsys.readouterr().out.split()[2], logs
+
+
+def step_losses(run: Path) -> dict[int, float]:
+    """``train/loss`` by step over every CSV log of the run (a requeued job writes a new one).
+
+    Args:
+        run: the run directory.
+    """
+    losses: dict[int, float] = {}
+    for path in sorted((run / "csv").glob("version_*/metrics.csv")):
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                if row.get("train/loss"):
+                    losses[int(row["step"])] = float(row["train/loss"])
+    return losses
+
+
+def test_requeue_near_the_time_limit_resumes_to_the_uninterrupted_losses(
+    slurm_cluster: str, wait_for_job, tmp_path: Path, capsys
+) -> None:
+    reference_id, reference_logs = submit(tmp_path / "reference", capsys)
+    job_id, logs = submit(tmp_path / "requeued", capsys)
+    run = tmp_path / "requeued" / "run"
 
     # Training has started once the first periodic checkpoint exists: send the time-limit
-    # warning now, to the batch script, as SLURM would.
-    wait_for_file("epoch=*.ckpt", tmp_path / "run" / "checkpoints", timeout=60)
+    # warning now, to the batch script only, as SLURM would.
+    wait_for_file("epoch=*.ckpt", run / "checkpoints", timeout=120)
     subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], check=True)
 
-    state = wait_for_job(job_id, timeout=120)
+    assert wait_for_job(reference_id, timeout=240) == "COMPLETED"
+    state = wait_for_job(job_id, timeout=240)
     out = (logs / f"tiny-{job_id}.out").read_text()
-    err = err_log.read_text()
+    err = (logs / f"tiny-{job_id}.err").read_text()
     assert state == "COMPLETED", out + err
-    assert "requeueing job" in out and "restart 1" in out, out
-    assert "Restoring states from the checkpoint path at" in err, err
-    assert str(tmp_path / "run" / "checkpoints" / "last.ckpt") in err, err
+    # The trap stopped the ranks (each saved at the end of its step and exited 128 + SIGTERM),
+    # waited for them, then requeued; the job came back and resumed from that checkpoint.
+    assert "time limit near: stopping job" in out, out
+    assert "requeueing job" in out and "(training stopped with status 143)" in out, out
+    assert "restart 1" in out, out
+    stopped = re.search(r"stopped by SIGTERM after step (\d+); checkpoint saved to (\S+)\.", err)
+    assert stopped, err
+    assert 4 <= int(stopped.group(1)) < MAX_STEPS, "the stop must land mid-run to test a resume"
+    assert stopped.group(2) == str(run / "checkpoints" / "last.ckpt")
+    assert f"Restoring states from the checkpoint path at {stopped.group(2)}" in err, err
+    assert err.count("GLOBAL_RANK: 1, MEMBER: 2/2") == 2, err  # both ranks, both times
 
-    # Both ranks trained on two nodes, twice, and finished at max_steps with finite losses.
-    assert err.count("GLOBAL_RANK: 1, MEMBER: 2/2") == 2, err
-    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["global_step"] == MAX_STEPS
-    weights = [v for v in last["state_dict"].values() if v.is_floating_point()]
-    assert weights and all(bool(torch.isfinite(v).all()) for v in weights)
-    # When the signal lands in the last steps, the requeued job resumes at max_steps and its
-    # logger starts an empty file; otherwise every logged loss must be finite.
-    losses = []
-    for path in sorted((tmp_path / "run" / "csv").glob("version_*/metrics.csv")):
-        with open(path) as f:
-            losses += [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
-    assert all(math.isfinite(loss) for loss in losses)
+    # Every step's loss equals the uninterrupted run's: same weights, optimizer state and data
+    # position after the resume. fp32 on gloo is deterministic; 1e-6 relative is rounding only.
+    reference = step_losses(tmp_path / "reference" / "run")
+    losses = step_losses(run)
+    assert sorted(reference) == list(range(MAX_STEPS)), sorted(reference)
+    assert sorted(losses) == sorted(reference), (sorted(losses), stopped.group(1))
+    for step, loss in reference.items():
+        assert math.isclose(losses[step], loss, rel_tol=1e-6), (step, losses[step], loss)
+    assert (reference_logs / f"tiny-{reference_id}.out").read_text().count("restart 0") == 1
