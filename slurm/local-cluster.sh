@@ -206,7 +206,8 @@ stop_daemons() {
   done
   for _ in $(seq 100); do
     local left=()
-    for pid in "${pids[@]}"; do
+    # ${a[@]+"${a[@]}"}: an empty array is "unbound" under set -u in bash 4.3 and older.
+    for pid in ${pids[@]+"${pids[@]}"}; do
       kill -0 "$pid" 2>/dev/null && left+=("$pid")
     done
     [ "${#left[@]}" -eq 0 ] && return

@@ -417,8 +417,9 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--time",
         default="01:00:00",
-        help="wall-clock limit, e.g. 12:00:00 or 1-00:00:00; 90 s before it the job is "
-        "requeued and later resumes from the last checkpoint (default: 01:00:00)",
+        help="wall-clock limit, e.g. 12:00:00 or 1-00:00:00; 90 s before it every rank saves "
+        "last.ckpt and stops, then the job is requeued and later resumes from that checkpoint "
+        "(default: 01:00:00)",
     )
     parser.add_argument("--account", help="SLURM account to charge (default: your default)")
     parser.add_argument(
