@@ -1,10 +1,16 @@
-"""Checkpoint files written atomically and read without unpickling arbitrary objects.
+"""Checkpoints written atomically and read without unpickling arbitrary objects.
 
 Saving writes a temporary file in the checkpoint's own directory, fsyncs it, then
 ``os.replace``s it over the target (and fsyncs the directory), so a crash, ``kill -9`` or full
 disk at any moment leaves either the previous checkpoint or the new one, never half a file.
 Lightning's own ``_atomic_save`` stages through fsspec's temporary file in ``/tmp`` (another
 filesystem on many clusters, so the final move is a copy) and never fsyncs.
+
+Sharded checkpoints (an FSDP2 distributed-checkpoint folder, a DeepSpeed tag folder) get the
+same guarantee from :func:`atomic_folder_save`: every rank writes its shard into a sibling
+``.<name>.partial`` folder, and after a barrier one rank swaps it in by rename (one atomic
+``renameat2(RENAME_EXCHANGE)`` on Linux; elsewhere two renames, the old folder parked as
+``.<name>.previous`` and put back by :func:`recover_folder_swaps` if a crash falls between them).
 
 Loading always uses ``torch.load(weights_only=True)`` with the few plain classes our
 checkpoints hold allow-listed, and turns a truncated or corrupt file into one clear error.
@@ -13,8 +19,11 @@ checkpoints hold allow-listed, and turns a truncated or corrupt file into one cl
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -76,6 +85,145 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+    return path
+
+
+PARTIAL = ".partial"
+PREVIOUS = ".previous"
+
+
+def _sibling(path: Path, suffix: str) -> Path:
+    return path.parent / f".{path.name}{suffix}"
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _fsync_tree(folder: Path) -> None:
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                fd = os.open(os.path.join(root, name), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        _fsync_dir(Path(root))
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step; False where the system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    path_arg = [ctypes.c_int, ctypes.c_char_p]
+    renameat2.argtypes = [*path_arg, *path_arg, ctypes.c_uint]
+    result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+        return False  # filesystem without exchange support (some network filesystems)
+    raise OSError(code, f"renameat2 {a} <-> {b}: {os.strerror(code)}")
+
+
+def swap_in(staged: Path, path: Path) -> None:
+    """Put the complete folder (or file) ``staged`` at ``path``, replacing what was there.
+
+    Args:
+        staged: the new checkpoint, a sibling of ``path``.
+        path: where readers look for it.
+    """
+    if not (path.exists() or path.is_symlink()):
+        os.rename(staged, path)
+    elif _exchange(staged, path):
+        _fsync_dir(path.parent)
+        _remove(staged)  # now the old checkpoint
+    else:
+        previous = _sibling(path, PREVIOUS)
+        _remove(previous)
+        os.rename(path, previous)
+        os.rename(staged, path)
+        _fsync_dir(path.parent)
+        _remove(previous)
+    _fsync_dir(path.parent)
+
+
+def recover_folder_swaps(directory: str | Path) -> list[Path]:
+    """Undo what a crash mid-save left in ``directory``: a parked ``.<name>.previous`` whose
+    ``<name>`` is missing goes back; stale ``.partial`` and ``.previous`` entries are removed.
+    Returns the checkpoints put back.
+
+    Args:
+        directory: a checkpoint directory (ModelCheckpoint's ``dirpath``).
+    """
+    directory = Path(directory)
+    restored: list[Path] = []
+    if not directory.is_dir():
+        return restored
+    for entry in sorted(directory.iterdir()):
+        name = entry.name
+        if not name.startswith("."):
+            continue
+        if name.endswith(PREVIOUS):
+            target = directory / name[1 : -len(PREVIOUS)]
+            if target.exists():
+                _remove(entry)
+            else:
+                os.rename(entry, target)
+                restored.append(target)
+        elif name.endswith(PARTIAL):
+            _remove(entry)
+    if restored:
+        _fsync_dir(directory)
+    return restored
+
+
+def atomic_folder_save(
+    write: Callable[[Path], None],
+    path: str | Path,
+    swapper: bool,
+    flusher: bool,
+    barrier: Callable[[], None],
+) -> Path:
+    """Write a sharded checkpoint so that ``path`` always holds a complete one.
+
+    Every process calls it: each ``write`` s its part into the sibling ``.<name>.partial``;
+    after a barrier the ``swapper`` renames it over ``path``; a last barrier lets nobody read
+    ``path`` before the swap. A process killed at any moment leaves the previous checkpoint
+    at ``path`` (or parked beside it, see :func:`recover_folder_swaps`).
+
+    Args:
+        write: writes this process's part of the checkpoint into the folder it is given.
+        path: the checkpoint folder readers open (e.g. ``checkpoints/last.ckpt``).
+        swapper: whether this process does the renames (one process, e.g. global rank 0).
+        flusher: whether this process fsyncs the staged files (one per node: the page cache
+            that holds what the node's processes wrote).
+        barrier: waits for all processes.
+    """
+    path = Path(path)
+    staged = _sibling(path, PARTIAL)
+    if swapper:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove(staged)  # left by a save that was killed
+    barrier()
+    write(staged)
+    if flusher and staged.exists():
+        _fsync_tree(staged)
+    barrier()
+    if swapper:
+        swap_in(staged, path)
+    barrier()
     return path
 
 

@@ -4,26 +4,92 @@ gradients."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import Strategy
 
-from lit_unitscale.checkpoint_io import AtomicCheckpointIO
+from lit_unitscale.checkpoint_io import (
+    AtomicCheckpointIO,
+    atomic_folder_save,
+    recover_folder_swaps,
+)
+
+
+def writes_folders(strategy: Strategy) -> bool:
+    """Whether ``strategy`` saves a checkpoint as a folder of per-rank shards.
+
+    Args:
+        strategy: the trainer's strategy.
+    """
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+    if isinstance(strategy, DeepSpeedStrategy):
+        return not getattr(strategy, "save_full_weights", False)
+    if isinstance(strategy, ModelParallelStrategy):
+        return bool(strategy._save_distributed_checkpoint)
+    if isinstance(strategy, FSDPStrategy):
+        return strategy._state_dict_type == "sharded"
+    return False
+
+
+def _staged_save(strategy: Strategy, save: Callable[..., None]) -> Callable[..., None]:
+    """``strategy.save_checkpoint`` writing into a sibling folder that is swapped in."""
+
+    def save_checkpoint(
+        checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None
+    ) -> None:
+        path = Path(strategy.broadcast(str(filepath)))
+
+        def write(staged: Path) -> None:
+            save(checkpoint, staged, storage_options=storage_options)
+
+        atomic_folder_save(
+            write,
+            path,
+            swapper=strategy.is_global_zero,
+            flusher=strategy.local_rank == 0,
+            barrier=strategy.barrier,
+        )
+
+    save_checkpoint.staged = True  # type: ignore[attr-defined]
+    return save_checkpoint
 
 
 class AtomicCheckpoints(L.Callback):
-    """Give the strategy :class:`AtomicCheckpointIO` when it would use Lightning's default.
+    """Make every checkpoint save atomic: single files through :class:`AtomicCheckpointIO`,
+    sharded folders (FSDP2, DeepSpeed) through :func:`atomic_folder_save`.
 
     Set in ``setup``, which Lightning runs before it restores ``--ckpt_path``, so the resume
-    load is safe too. Strategies with their own checkpoint IO (sharded, DeepSpeed) are left alone.
+    load is safe too; there a folder a crash left parked beside its name is put back first.
+    Lightning's sharded strategies write in place through their own ``save_checkpoint`` (no
+    ``CheckpointIO``), so that method is wrapped for the run.
     """
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        from lit_unitscale.callbacks.signals import checkpoint_path
+
         strategy = trainer.strategy
         if type(strategy.checkpoint_io) is TorchCheckpointIO:
             strategy.checkpoint_io = AtomicCheckpointIO()
+        if writes_folders(strategy) and not getattr(strategy.save_checkpoint, "staged", False):
+            # An instance attribute: Lightning calls strategy.save_checkpoint for every save.
+            strategy.save_checkpoint = _staged_save(strategy, strategy.save_checkpoint)
+        if strategy.is_global_zero:
+            folders = {checkpoint_path(trainer).parent}
+            keeping = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
+            folders |= {Path(c.dirpath) for c in keeping if c.dirpath}
+            for folder in folders:
+                recover_folder_swaps(folder)
+        strategy.barrier("AtomicCheckpoints.setup")
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if getattr(trainer.strategy.save_checkpoint, "staged", False):
+            del trainer.strategy.save_checkpoint
 
 
 class FinalCheckpoint(L.Callback):

@@ -1,8 +1,13 @@
 """Stop (or skip the update) when the loss or a gradient is inf/NaN.
 
-The check runs after backward and before the optimizer step, so a bad step never reaches the
-weights and the last checkpoint on disk stays the last good one. It costs one scalar host sync
-per optimizer step.
+The finiteness of every micro-batch's loss and of every gradient is computed on the device and
+kept there (the first non-finite step, as a device scalar); no micro-batch waits on the host.
+With ``action="stop"`` it is read (one host sync, and one all-reduce across ranks) only at
+logging steps (``trainer.log_every_n_steps``), before every checkpoint is written and at the
+end of training: a non-finite step found at a logging step never reaches the weights, one found
+later stops the run before any checkpoint holds it, so the last checkpoint on disk is always
+the last good one. With ``action="skip"`` the update must be dropped before it is applied, so
+the decision is read at every optimizer step (still never per micro-batch).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class NonFiniteGuard(L.Callback):
         self.skipped_steps: list[int] = []
         self._loss_ok: Tensor | None = None
         self._loss: Tensor | None = None
+        self._first_bad: Tensor | None = None  # device scalar: first non-finite step, or -1
 
     def state_dict(self) -> dict[str, Any]:
         return {"skipped": self.skipped, "skipped_steps": self.skipped_steps}
@@ -64,22 +70,97 @@ class NonFiniteGuard(L.Callback):
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
+        step_ok = self._step_ok(optimizer)
+        loss, self._loss = self._loss, None
+        if step_ok is None:
+            return
+        if self.action == "skip":
+            self._skip_or_stop(trainer, pl_module, optimizer, step_ok, loss)
+            return
+        if self._first_bad is None:
+            self._first_bad = torch.full((), -1, dtype=torch.int64, device=step_ok.device)
+        step_ok = step_ok.to(self._first_bad.device, non_blocking=True)
+        self._first_bad.masked_fill_((self._first_bad < 0) & ~step_ok, trainer.global_step)
+        if _is_logging_step(trainer):
+            self._raise_if_bad(trainer, pl_module, optimizer, loss)
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Runs on every rank before the checkpoint is written: a bad step never reaches disk.
+        self._raise_if_bad(trainer, pl_module, None, None)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._raise_if_bad(trainer, pl_module, None, None)
+
+    def _step_ok(self, optimizer: torch.optim.Optimizer) -> Tensor | None:
+        """This step's loss and gradients all finite, as a device flag (None: nothing to check)."""
         # FSDP2 gradients are DTensors: check this rank's shard (ranks agree by reduction).
         grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
         grads = [local_tensor(g) for g in grads if g is not None]
-        grads = [g for g in grads if g.numel()]
-        flags = [torch.isfinite(g).all() for g in grads]
+        flags = [torch.isfinite(g).all() for g in grads if g.numel()]
         if self._loss_ok is not None:
             flags.append(self._loss_ok.to(flags[0].device) if flags else self._loss_ok)
-        ok = bool(torch.stack(flags).all()) if flags else True  # the one host sync
+        self._loss_ok = None
+        return torch.stack(flags).all() if flags else None
+
+    def _first_bad_step(self, trainer: L.Trainer) -> int | None:
+        """The first non-finite step on any rank (one host sync; None: all finite)."""
+        if self._first_bad is None:
+            return None
+        never = torch.iinfo(torch.int64).max
+        first = torch.where(self._first_bad < 0, never, self._first_bad)
+        if trainer.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        value = int(first)  # the one host sync
+        return None if value == never else value
+
+    def _raise_if_bad(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        optimizer: torch.optim.Optimizer | None,
+        loss: Tensor | None,
+    ) -> None:
+        first = self._first_bad_step(trainer)
+        if first is None:
+            return
+        self._first_bad = None
+        step = trainer.global_step
+        if first == step and optimizer is not None:  # found before its update
+            what = self._describe(pl_module, optimizer, loss)
+            located = _first_non_finite(trainer, step)
+            raise NonFiniteError(
+                f"training stopped at step {step}: {what}{located}. The step's update was "
+                "not applied and no checkpoint was written after it; resume from the last "
+                "checkpoint with a lower lr, or use NonFiniteGuard(action='skip')."
+            )
+        located = _first_non_finite(trainer, first)
+        raise NonFiniteError(
+            f"training stopped at step {step}: the loss or a gradient is non-finite since step "
+            f"{first}{located} (checked every {trainer.log_every_n_steps} steps and before each "
+            f"checkpoint). No checkpoint was written after step {first}; resume from the last "
+            "checkpoint with a lower lr, or use NonFiniteGuard(action='skip')."
+        )
+
+    def _skip_or_stop(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        optimizer: torch.optim.Optimizer,
+        step_ok: Tensor,
+        loss: Tensor | None,
+    ) -> None:
+        ok = bool(step_ok)  # the update is applied next: decide now (one host sync per step)
         if trainer.world_size > 1:
             ok = not trainer.strategy.reduce_boolean_decision(not ok, all=False)
-        loss, self._loss_ok, self._loss = self._loss, None, None
         if ok:
             return
         step = trainer.global_step
         what = self._describe(pl_module, optimizer, loss)
-        if self.action == "skip" and self.skipped < self.max_skips:
+        if self.skipped < self.max_skips:
             optimizer.zero_grad(set_to_none=True)  # AdamW skips parameters without gradients
             self.skipped += 1
             self.skipped_steps.append(step)
@@ -87,11 +168,10 @@ class NonFiniteGuard(L.Callback):
             log.warning("step %d: %s; update skipped (%d so far)", step, what, self.skipped)
             return
         located = _first_non_finite(trainer, step)
-        skipped = f"; {self.skipped} earlier steps skipped" if self.skipped else ""
         raise NonFiniteError(
-            f"training stopped at step {step}: {what}{located}{skipped}. The step's update was "
-            "not applied and no checkpoint was written after it; resume from the last "
-            "checkpoint with a lower lr, or use NonFiniteGuard(action='skip')."
+            f"training stopped at step {step}: {what}{located}; {self.skipped} earlier steps "
+            "skipped. The step's update was not applied and no checkpoint was written after "
+            "it; resume from the last checkpoint with a lower lr."
         )
 
     @staticmethod
@@ -110,6 +190,15 @@ class NonFiniteGuard(L.Callback):
             more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
             parts.append(f"non-finite gradients in {', '.join(bad[:3])}{more}")
         return " and ".join(parts) or "non-finite values"
+
+
+def _is_logging_step(trainer: L.Trainer) -> bool:
+    """Whether Lightning logs at the end of this optimizer step (its own test of the interval)."""
+    connector = getattr(trainer, "_logger_connector", None)
+    if connector is not None:
+        return bool(connector.should_update_logs)
+    every = max(1, trainer.log_every_n_steps)
+    return (trainer.fit_loop.epoch_loop._batches_that_stepped + 1) % every == 0
 
 
 def _first_non_finite(trainer: L.Trainer, step: int) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import io
 import pickle
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,49 @@ def _deepspeed_checkpoint(folder: Path) -> dict[str, Any]:
     checkpoint = {key: client[key] for key in _KEEP if key in client}
     checkpoint["state_dict"] = state
     return checkpoint
+
+
+_ZERO_SHARD = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
+
+
+def deepspeed_saved_world_size(folder: str | Path) -> int | None:
+    """The data-parallel processes that wrote a DeepSpeed ZeRO checkpoint (one optimizer
+    partition each), or None when the folder holds no ZeRO partitions.
+
+    Args:
+        folder: the checkpoint folder (holding ``latest`` and the tag folder).
+    """
+    folder = Path(folder)
+    tag = (folder / "latest").read_text().strip() if (folder / "latest").is_file() else None
+    tag_dir = folder / (tag or "checkpoint")
+    ranks = {int(m.group(1)) for f in tag_dir.glob("*") if (m := _ZERO_SHARD.search(f.name))}
+    return len(ranks) or None
+
+
+def check_deepspeed_world_size(folder: str | Path, world_size: int) -> None:
+    """Refuse, in one line, to resume a ZeRO checkpoint on another number of processes: its
+    optimizer state is partitioned by the saving world size, and DeepSpeed reloads only the
+    same partitioning unless the checkpoint is converted to a universal checkpoint.
+
+    Args:
+        folder: the checkpoint folder.
+        world_size: data-parallel processes of this run.
+    """
+    from lit_unitscale.errors import CheckpointFileError
+
+    saved = deepspeed_saved_world_size(folder)
+    if saved is None or saved == world_size:
+        return
+    folder = Path(folder)
+    tag = (folder / "latest").read_text().strip() if (folder / "latest").is_file() else "checkpoint"
+    raise CheckpointFileError(
+        f"checkpoint {folder}: a DeepSpeed ZeRO checkpoint written by {saved} processes cannot "
+        f"be resumed on {world_size}; resume on {saved} processes, or convert it to a universal "
+        f"checkpoint (python -m deepspeed.checkpoint.ds_to_universal --input_folder "
+        f"{folder / tag} --output_folder {folder / (tag + '_universal')} && echo "
+        f"{tag}_universal > {folder / 'latest_universal'}) and resume with "
+        '"checkpoint": {"load_universal": true} in trainer.strategy.init_args.config'
+    )
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

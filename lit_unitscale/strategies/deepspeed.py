@@ -104,3 +104,22 @@ class DeepSpeedStrategy(CheckedStrategy, _LightningDeepSpeed):
     def _initialize_deepspeed_inference(self, *args: Any, **kwargs: Any) -> None:
         with _device_rank(self.local_rank):
             return super()._initialize_deepspeed_inference(*args, **kwargs)
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict:
+        """Lightning's load, refusing in one line a ZeRO checkpoint of another world size
+        unless the config loads universal checkpoints.
+
+        Args:
+            checkpoint_path: the checkpoint folder.
+            weights_only: as for Lightning's ``load_checkpoint``.
+        """
+        from pathlib import Path
+
+        from lit_unitscale.strategies.checkpoints import check_deepspeed_world_size
+
+        config = self.config if isinstance(self.config, dict) else {}
+        universal = bool((config.get("checkpoint") or {}).get("load_universal", False))
+        full_weights = self.load_full_weights and self.zero_stage_3
+        if not universal and not full_weights and Path(checkpoint_path).is_dir():
+            check_deepspeed_world_size(checkpoint_path, self.world_size)
+        return super().load_checkpoint(checkpoint_path, weights_only)

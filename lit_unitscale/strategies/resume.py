@@ -1,14 +1,19 @@
-"""Resumable data order: a seeded, rank-aware sampler whose epoch and position go into the
-checkpoint, so a resumed run sees exactly the batches an uninterrupted one would.
+"""Resumable data order: a seeded, rank-aware sampler whose epoch and global position go into
+the checkpoint, so a resumed run sees exactly the examples an uninterrupted one would, on any
+number of processes.
 
 Lightning swaps in a ``DistributedSampler`` when there are several processes (and keeps the
 loader's ``RandomSampler`` otherwise); neither remembers where it stopped, so a run resumed
 mid-epoch starts the epoch again, and after an epoch boundary the permutation differs.
 :class:`ResumableSampling` gives the data module's training loader a :class:`ResumableSampler`
-(the same global order on any process count: the global batch of step ``s`` holds the same
-examples whether it is split over 1 or W processes) and saves ``(epoch, batches consumed)`` with
-the checkpoint; on resume the sampler starts at that epoch and position. It works for any
-map-style dataset whose loader uses the default batch sampler; other loaders are left alone.
+and saves ``(epoch, samples consumed)`` with the checkpoint. The position is global: each epoch
+has one seeded order of the dataset, the micro-batch ``b`` of all W processes together is the
+contiguous slice ``[b·B·W, (b+1)·B·W)`` of it, whatever W is, and the checkpoint records how
+many examples of the order are consumed. A run resumed on W' processes deals the rest of the
+order round-robin over W', so every example is seen exactly once per epoch (plus the repeats
+``DistributedSampler`` also pads the epoch's end with). On the same W the resumed order is the
+uninterrupted one exactly. It works for any map-style dataset whose loader uses the default
+batch sampler; other loaders are left alone.
 
 It also stores the run's tokenizer (``tokenizer.json`` text) in the checkpoint, when the data
 module has a ``tokenizer_file``, so a checkpoint can be exported on its own.
@@ -32,7 +37,8 @@ from torch.utils.data.distributed import DistributedSampler
 
 class ResumableSampler(DistributedSampler):
     """``DistributedSampler``'s order (``randperm`` seeded by ``seed + epoch``, padded to a
-    multiple of ``num_replicas``, dealt round-robin) with a start offset for resuming.
+    multiple of ``num_replicas`` by repeating its start, dealt round-robin) that can start at
+    a global position of the epoch's order.
 
     With one replica it is the plain seeded permutation. Being a ``DistributedSampler``,
     Lightning keeps it instead of injecting its own.
@@ -44,7 +50,8 @@ class ResumableSampler(DistributedSampler):
         shuffle: shuffle each epoch (False: dataset order).
         seed: base seed of the shuffle.
         epoch: epoch of the first iteration.
-        start: indices of this rank's order to skip in the first iteration.
+        start: examples of the epoch's global order already consumed (by any number of
+            processes), skipped in the first iteration.
     """
 
     def __init__(
@@ -68,10 +75,14 @@ class ResumableSampler(DistributedSampler):
             order = torch.randperm(n, generator=generator).tolist()
         else:
             order = list(range(n))
-        order = (order * math.ceil(self.total_size / max(n, 1)))[: self.total_size]
-        mine = order[self.rank : self.total_size : self.num_replicas]
-        start, self.start = self.start, 0
-        return iter(mine[start:])
+        start, self.start = min(self.start, n), 0
+        rest = order[start:]
+        # Pad with the order's start, as DistributedSampler does: with ``start`` a multiple of
+        # num_replicas this is exactly the uninterrupted epoch's tail.
+        size = math.ceil(len(rest) / self.num_replicas) * self.num_replicas
+        pad = size - len(rest)
+        rest += (order * math.ceil(pad / max(n, 1)))[:pad]
+        return iter(rest[self.rank : size : self.num_replicas])
 
 
 def _shuffles(sampler: Any) -> bool | None:
@@ -99,16 +110,22 @@ class ResumableSampling(Callback):
     def __init__(self, seed: int | None = None) -> None:
         self.seed = seed
         self.epoch = 0
-        self.consumed = 0
+        self.samples = 0
+        self._micro_batch = 0  # examples of one micro-batch over all processes (B·W)
+        self._saved_micro_batch = 0  # the same in the run that wrote the resumed checkpoint
+        self._legacy_batches: int | None = None
         self._original: Callable[[], Any] | None = None
 
     # -- state saved in the checkpoint -----------------------------------------------------
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "consumed": self.consumed}
+        return {"epoch": self.epoch, "samples": self.samples, "micro_batch": self._micro_batch}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epoch = int(state_dict.get("epoch", 0))
-        self.consumed = int(state_dict.get("consumed", 0))
+        self.samples = int(state_dict.get("samples", 0))
+        self._saved_micro_batch = int(state_dict.get("micro_batch", 0))
+        if "samples" not in state_dict:  # older checkpoints: this rank's batches
+            self._legacy_batches = int(state_dict.get("consumed", 0))
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -158,27 +175,45 @@ class ResumableSampling(Callback):
         if shuffle is None:
             return loader
         kwargs = trainer.strategy.distributed_sampler_kwargs if trainer.world_size > 1 else {}
+        replicas = int(kwargs.get("num_replicas", 1))
+        self._micro_batch = loader.batch_sampler.batch_size * replicas
+        if self._legacy_batches is not None:  # written by a run of the same shape
+            self.samples = self._legacy_batches * self._micro_batch
+            self._saved_micro_batch, self._legacy_batches = self._micro_batch, None
         sampler = ResumableSampler(
             loader.dataset,
-            num_replicas=int(kwargs.get("num_replicas", 1)),
+            num_replicas=replicas,
             rank=int(kwargs.get("rank", 0)),
             shuffle=shuffle,
             seed=self._seed(trainer),
             epoch=self.epoch,
-            start=self.consumed * loader.batch_sampler.batch_size,
+            start=self.samples,
         )
         return _update_dataloader(loader, sampler, mode=RunningStage.TRAINING)
 
     # -- position tracking -----------------------------------------------------------------
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        saved, self._saved_micro_batch = self._saved_micro_batch, 0
+        if not saved or not self._micro_batch or saved == self._micro_batch:
+            return
+        # Resumed with another world size or batch: Lightning restored its count of this
+        # epoch's micro-batches in the old shape; accumulation boundaries and the epoch's end
+        # are counted from it, so restate it in the new shape (the checkpoint was written at an
+        # optimizer-step boundary, so the next micro-batch starts a step).
+        k = max(1, trainer.accumulate_grad_batches)
+        done = self.samples // self._micro_batch // k * k
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        progress.ready = progress.started = progress.processed = progress.completed = done
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch != self.epoch:
-            self.epoch, self.consumed = trainer.current_epoch, 0
+            self.epoch, self.samples = trainer.current_epoch, 0
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self.consumed += 1
+        self.samples += self._micro_batch
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A checkpoint written after the epoch resumes at the start of the next one.
-        self.epoch, self.consumed = trainer.current_epoch + 1, 0
+        self.epoch, self.samples = trainer.current_epoch + 1, 0

@@ -79,9 +79,11 @@ def test_kill_9_then_resume_gives_the_uninterrupted_losses(reference, tmp_path: 
 
 @pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_and_exits(tmp_path: Path) -> None:
+    # Two DataLoader workers in the same process group, as under SLURM: the signal reaches
+    # them too, and they must keep serving batches until the checkpoint is written.
     record = tmp_path / "losses.jsonl"
     config = recipe(tmp_path / "run", 200, [recorder(record, sleep=0.3)])
-    proc = popen("fit", "--config", str(config))
+    proc = popen("fit", "--config", str(config), "--data.init_args.num_workers", "2")
     _wait_for(lambda: max(losses(record), default=0) >= 2, proc)
     os.killpg(proc.pid, signal.SIGTERM)
     code, _, err = _wait(proc)
