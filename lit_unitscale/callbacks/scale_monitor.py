@@ -88,7 +88,10 @@ class ScaleMonitor(L.Callback):
         if self.recorder is not None:
             return
         try:
-            self.recorder = ScaleRecorder(pl_module, self.formats, self.tensors)
+            # The statistics meet on the device the all-reduce runs on, whatever device a
+            # tensor's local part lives on (ZeRO offload keeps partitions in host memory).
+            device = pl_module.trainer.strategy.root_device if pl_module._trainer else None
+            self.recorder = ScaleRecorder(pl_module, self.formats, self.tensors, device)
         except ValueError:
             return  # model not built yet
         self.recorder.attach()

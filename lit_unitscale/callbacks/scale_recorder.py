@@ -41,6 +41,9 @@ class ScaleRecorder:
         root: module containing the model (layers are found by :func:`find_layers`).
         formats: FP8 formats whose range is checked.
         tensors: which tensor kinds to record (subset of :data:`TENSORS`).
+        device: where every statistics vector is kept, stacked and reduced: the device of
+            the collective (the module's compute device). None: the device of the tensors,
+            which must then all share one.
     """
 
     def __init__(
@@ -48,8 +51,10 @@ class ScaleRecorder:
         root: nn.Module,
         formats: Sequence[FP8Format],
         tensors: Iterable[str] = TENSORS,
+        device: torch.device | str | None = None,
     ) -> None:
         self.formats = tuple(formats)
+        self.device = None if device is None else torch.device(device)
         self.tensors = tuple(t for t in TENSORS if t in set(tensors))
         self.layers = find_layers(root)
         if not self.layers:
@@ -103,7 +108,7 @@ class ScaleRecorder:
     # -- recording ----------------------------------------------------------------------
     def add(self, key: Key, x: Tensor) -> None:
         """Add the statistics of ``x`` to ``key`` (sums accumulate over micro-batches)."""
-        s = tensor_stats(x, self.formats)
+        s = tensor_stats(x, self.formats, self.device)
         if key in self.stats:
             self.stats[key] = self.stats[key] + s
         else:
@@ -150,7 +155,7 @@ class ScaleRecorder:
 
     def _add_sum(self, key: Key, tensors: list[Tensor]) -> None:
         # A layer's weight statistic covers all its role-carrying parameters together.
-        total = torch.stack([tensor_stats(t, self.formats) for t in tensors]).sum(0)
+        total = torch.stack([tensor_stats(t, self.formats, self.device) for t in tensors]).sum(0)
         if key in self.stats:
             self.stats[key] = self.stats[key] + total
         else:
@@ -165,7 +170,7 @@ class ScaleRecorder:
         """All statistics as one ``(len(keys()), fields)`` tensor (zeros where nothing was
         recorded), then reset for the next monitor step."""
         width = 3 + 2 * len(self.formats)
-        device = next((s.device for s in self.stats.values()), torch.device("cpu"))
+        device = self.device or next((s.device for s in self.stats.values()), torch.device("cpu"))
         zero = torch.zeros(width, device=device)
         out = torch.stack([self.stats.get(k, zero) for k in self.keys()])
         self.stats = {}

@@ -94,15 +94,24 @@ def _unpadded(partition: Tensor, param: Tensor) -> Tensor:
     return partition.reshape(-1)[:valid]
 
 
-def tensor_stats(x: Tensor, formats: Sequence[FP8Format]) -> Tensor:
-    """The statistics vector of ``x`` (see :func:`fields`), fp32 on ``x``'s device, no sync.
+def tensor_stats(
+    x: Tensor, formats: Sequence[FP8Format], device: torch.device | str | None = None
+) -> Tensor:
+    """The statistics vector of ``x`` (see :func:`fields`), fp32 on ``device``, no sync.
+
+    The statistics are computed where ``x``'s local part lives and the small vector is then
+    moved to ``device``: under ZeRO-3 with offload a parameter's partition sits in (pinned)
+    host memory while activations and gradients are on the GPU, and the vectors of both must
+    meet on the device of the collective that sums them.
 
     Underflow counts non-zero elements below the format's smallest normal and overflow those
     above its max, as :func:`lit_unitscale.unit.fp8.out_of_range_fractions` does.
 
     Args:
-        x: any float tensor (DTensors contribute their local shard).
+        x: any float tensor (DTensors contribute their local shard, ZeRO-3 parameters their
+            partition).
         formats: FP8 formats whose range is checked.
+        device: where the vector goes (None: stays on the device of ``x``'s local part).
     """
     x = local_tensor(x).detach().float()
     mag = x.abs()
@@ -114,7 +123,10 @@ def tensor_stats(x: Tensor, formats: Sequence[FP8Format]) -> Tensor:
     for fmt in formats:
         parts.append(((mag > 0) & (mag < fmt.min_normal)).sum())
         parts.append((mag > fmt.max_value).sum())
-    return torch.stack([p.float() for p in parts])
+    stats = torch.stack([p.float() for p in parts])
+    if device is not None and stats.device != torch.device(device):
+        stats = stats.to(device, non_blocking=True)
+    return stats
 
 
 def summarise(stats: Tensor, formats: Sequence[FP8Format]) -> Tensor:

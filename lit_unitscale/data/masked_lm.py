@@ -74,6 +74,9 @@ class MaskingCollator:
     given seed. With
     `fixed_per_example` (validation, test) example i always gets the same mask, so validation
     losses are comparable across evaluations.
+
+    The rank is given by the main process when the loader is built: a worker started by spawn
+    or forkserver (Linux's default from Python 3.14) has no process group to ask.
     """
 
     def __init__(
@@ -85,7 +88,19 @@ class MaskingCollator:
         mask_prob: float,
         seed: int,
         fixed_per_example: bool,
+        rank: int = 0,
     ) -> None:
+        """
+        Args:
+            pad_id: Id of the padding token.
+            mask_id: Id of [MASK].
+            special_ids: Ids never chosen for prediction.
+            vocab_size: Size of the vocabulary (random replacements are drawn from it).
+            mask_prob: Fraction of non-special tokens chosen.
+            seed: Seed of the masks.
+            fixed_per_example: Give example i the same mask every time (evaluation).
+            rank: Global rank of the process whose loader calls this collator.
+        """
         self.pad_id = pad_id
         self.mask_id = mask_id
         self.special_ids = torch.tensor(sorted(set(special_ids)), dtype=torch.long)
@@ -95,15 +110,16 @@ class MaskingCollator:
         self.mask_prob = mask_prob
         self.seed = seed
         self.fixed_per_example = fixed_per_example
+        self.rank = rank
         self._generator: torch.Generator | None = None
 
     def _stream(self) -> torch.Generator:
-        if self._generator is None:  # created lazily: inside the worker, after DDP init
-            # In a worker, its seed comes from the loader's generator (seeded by `seed`) and
-            # differs per worker and per epoch unless workers persist (then the stream goes on).
+        if self._generator is None:  # created lazily: inside the worker
+            # In a worker, its seed comes from the loader's generator (seeded by `seed`, the
+            # same on every rank) and differs per worker and per epoch unless workers persist
+            # (then the stream goes on); the rank tells the ranks' streams apart.
             worker = get_worker_info()
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-            seed = stable_seed(worker.seed if worker else self.seed, "train", rank)
+            seed = stable_seed(worker.seed if worker else self.seed, "train", self.rank)
             self._generator = torch.Generator().manual_seed(seed)
         return self._generator
 
@@ -226,7 +242,15 @@ class MaskedLMData(TokenizedDataModule):
             mask_prob=self.mask_prob,
             seed=self.seed,
             fixed_per_example=split != "train",
+            rank=self._global_rank(),
         )
+
+    def _global_rank(self) -> int:
+        # Read here, in the main process, where the trainer and the process group exist.
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.global_rank
+        return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
     @property
     def mask_id(self) -> int:

@@ -20,6 +20,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import torch
 from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.plugins.precision import DeepSpeedPrecision
@@ -59,9 +60,11 @@ class DeepSpeedStrategy(CheckedStrategy, _LightningDeepSpeed):
     """Lightning's DeepSpeedStrategy, also on CPU; accepts all of its arguments (``stage``,
     ``offload_optimizer``, ``offload_parameters``, ``config``, ``loss_scale``, ...).
 
-    With a torch optimizer and optimizer offload, DeepSpeed would insist on its CPU Adam; the
-    u-μP parameter groups come from our AdamW, so ``zero_force_ds_cpu_optimizer`` is off unless
-    a ``config`` sets it.
+    With optimizer offload the step runs on the host: tasks build their optimizer through
+    :meth:`adamw`, which gives DeepSpeed's vectorised CPU Adam (same u-μP parameter groups,
+    decoupled weight decay as torch AdamW) instead of torch's per-tensor loop. A torch
+    optimizer a recipe brings itself is still accepted (``zero_force_ds_cpu_optimizer`` is off
+    unless a ``config`` sets it).
     """
 
     family = "deepspeed"
@@ -70,6 +73,35 @@ class DeepSpeedStrategy(CheckedStrategy, _LightningDeepSpeed):
         super().__init__(*args, **kwargs)
         if isinstance(self.config, dict):
             self.config.setdefault("zero_force_ds_cpu_optimizer", False)
+
+    @property
+    def offloads_optimizer(self) -> bool:
+        """Whether the optimizer state and step live on the host (``offload_optimizer``)."""
+        zero = self.config.get("zero_optimization", {}) if isinstance(self.config, dict) else {}
+        offload = zero.get("offload_optimizer") or {}
+        return offload.get("device", "none") == "cpu"
+
+    def adamw(
+        self,
+        params: list[dict[str, Any]],
+        lr: float,
+        betas: tuple[float, float],
+        eps: float,
+    ) -> torch.optim.Optimizer:
+        """AdamW over ``params``: DeepSpeed's CPU Adam (compiled on first use, into
+        ``TORCH_EXTENSIONS_DIR``) when the optimizer is offloaded, else torch's.
+
+        Args:
+            params: parameter groups, each with its own ``lr`` and ``weight_decay``.
+            lr: default learning rate.
+            betas: Adam betas.
+            eps: Adam epsilon.
+        """
+        if not self.offloads_optimizer:
+            return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps)
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(params, lr=lr, betas=betas, eps=eps, adamw_mode=True)
 
     @property
     def _on_cuda(self) -> bool:

@@ -73,12 +73,15 @@ class FSDP2Strategy(CheckedStrategy, ModelParallelStrategy):
 
     Args:
         data_parallel_size: processes sharing the model (``"auto"``: all of them).
-        tensor_parallel_size: tensor-parallel group size (our models use 1).
+        tensor_parallel_size: tensor-parallel group size; only 1 (tensor parallelism is not
+            implemented: every rank of a tensor-parallel group would train on the same batch).
         reshard_after_forward: free each block's gathered parameters after its forward and
             gather them again in backward (less memory, one more all-gather).
         param_dtype: FSDP2 mixed precision: dtype parameters are gathered and computed in
-            (None: keep fp32). The sharded master weights stay fp32.
-        reduce_dtype: dtype of the gradient reduce-scatter (None: same as ``param_dtype``).
+            (None: bfloat16 under ``bf16-mixed`` precision, fp32 otherwise). The sharded master
+            weights stay fp32.
+        reduce_dtype: dtype of the gradient reduce-scatter (None: float32, also when
+            parameters are gathered in a lower precision).
         activation_checkpointing: recompute each block's activations in backward.
         save_distributed_checkpoint: each rank writes its shard (a folder); False gathers one
             file on rank 0.
@@ -106,6 +109,13 @@ class FSDP2Strategy(CheckedStrategy, ModelParallelStrategy):
         ):
             if size != "auto" and (not isinstance(size, int) or size < 1):
                 raise TopologyError(f"FSDP2Strategy {name} must be 'auto' or >= 1, got {size!r}")
+        if tensor_parallel_size != 1:
+            raise TopologyError(
+                f"FSDP2Strategy tensor_parallel_size={tensor_parallel_size} is not supported: "
+                "lit_unitscale models are not split across devices, so the ranks of a "
+                "tensor-parallel group would train on identical batches; set "
+                "tensor_parallel_size: 1 (every process is a data-parallel rank)"
+            )
         super().__init__(
             data_parallel_size=data_parallel_size,
             tensor_parallel_size=tensor_parallel_size,
@@ -126,18 +136,30 @@ class FSDP2Strategy(CheckedStrategy, ModelParallelStrategy):
             )
         super().setup_environment()
 
+    def gather_dtype(self) -> torch.dtype | None:
+        """The dtype FSDP2 all-gathers parameters in: ``param_dtype`` when set, else bfloat16
+        when the trainer runs ``bf16-mixed`` (autocast would cast the fp32 weights after
+        gathering them, moving twice the bytes), else None (the fp32 weights themselves)."""
+        if self.param_dtype is not None:
+            return getattr(torch, self.param_dtype)
+        precision = getattr(self.precision_plugin, "precision", None)
+        return torch.bfloat16 if precision == "bf16-mixed" else None
+
     def mp_policy(self):
-        """The FSDP2 ``MixedPrecisionPolicy`` from ``param_dtype``/``reduce_dtype`` (or None)."""
-        if self.param_dtype is None and self.reduce_dtype is None:
+        """The FSDP2 ``MixedPrecisionPolicy`` (or None when everything stays fp32).
+
+        Gradients are reduce-scattered in fp32 unless ``reduce_dtype`` says otherwise: summing
+        the ranks' gradients in bf16 loses the low bits of each before the average.
+        """
+        gather = self.gather_dtype()
+        reduce = None if self.reduce_dtype is None else getattr(torch, self.reduce_dtype)
+        if reduce is None and gather is not None and gather != torch.float32:
+            reduce = torch.float32
+        if gather is None and reduce is None:
             return None
         from torch.distributed.fsdp import MixedPrecisionPolicy
 
-        def dtype(name: str | None):
-            return None if name is None else getattr(torch, name)
-
-        return MixedPrecisionPolicy(
-            param_dtype=dtype(self.param_dtype), reduce_dtype=dtype(self.reduce_dtype)
-        )
+        return MixedPrecisionPolicy(param_dtype=gather, reduce_dtype=reduce)
 
     def parallelize(self, model: nn.Module, mesh) -> nn.Module:
         """Apply activation checkpointing (if asked) and FSDP2 to a freshly built model.
