@@ -100,11 +100,20 @@ class UnitScaledTask(L.LightningModule):
         if self.model is not None:
             return
         self.fill_config_from_data()
-        model = self.build_model()
+        mesh = getattr(self, "device_mesh", None) if self._trainer is not None else None
+        if mesh is None:
+            model = self.build_model()
+        else:
+            # Sharded: parameters are built on the meta device and only this rank's shards
+            # are ever allocated, holding the same values as the single-device build.
+            from lit_unitscale.strategies.meta_init import MetaInit
+
+            with MetaInit() as init:
+                model = self.build_model()
+            init.name_parameters(model)
         if self.hparams.activation_checkpointing:
             _checkpoint_blocks(model)
         self.model = model
-        mesh = getattr(self, "device_mesh", None) if self._trainer is not None else None
         if mesh is not None:
             # The strategy applies its own parallelism (FSDP2Strategy: its recipe options).
             parallelize = getattr(self.trainer.strategy, "parallelize", None)
@@ -113,6 +122,7 @@ class UnitScaledTask(L.LightningModule):
 
                 parallelize = shard_model
             parallelize(self.model, mesh)
+            init.materialise(self.model, self.trainer.strategy.root_device)
         if self.hparams.compile:
             self.model.compile()
 
@@ -181,7 +191,13 @@ class UnitScaledTask(L.LightningModule):
             parametrization=self.config.parametrization,
             independent_weight_decay=hp.independent_weight_decay,
         )
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
+        # A strategy that runs the step elsewhere (DeepSpeed's offload: on the host) supplies
+        # the AdamW suited to it, over the same u-μP groups.
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        adamw = getattr(strategy, "adamw", None)
+        if adamw is None:
+            adamw = torch.optim.AdamW
+        optimizer = adamw(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else 0
         total = int(total) if total and total != float("inf") else hp.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
