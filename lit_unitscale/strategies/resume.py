@@ -203,7 +203,11 @@ class ResumableSampling(Callback):
         k = max(1, trainer.accumulate_grad_batches)
         done = self.samples // self._micro_batch // k * k
         progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        progress.ready = progress.started = progress.processed = progress.completed = done
+        shift = done - progress.ready  # all counters alike: Lightning reads their differences
+        progress.ready += shift
+        progress.started += shift
+        progress.processed += shift
+        progress.completed += shift
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch != self.epoch:
