@@ -38,6 +38,33 @@ class Probe(L.Callback):
         self.losses: list[list[float]] = []  # [optimizer step, loss]
         self.grads: list[dict[str, Any]] = []
         self.sampler: list[int] = []
+        # Per validation run: its metrics and, per decoded batch, [the step at which this
+        # rank's own sequences were all done, the steps decoding ran].
+        self.validations: list[dict[str, Any]] = []
+        self._decodes: list[list[int]] = []
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._decodes = []
+        decode = getattr(pl_module, "decode", None)
+        if decode is None or hasattr(decode, "probed"):
+            return
+        eos = pl_module._special("eos_id", 3)
+
+        def probed(*args, **kwargs):
+            ids = decode(*args, **kwargs)
+            rows = ids.tolist()
+            ends = [row.index(eos) + 1 if eos in row else ids.shape[1] for row in rows]
+            self._decodes.append([max(ends), ids.shape[1]])
+            return ids
+
+        probed.probed = True
+        pl_module.decode = probed
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if "val/" in k}
+        self.validations.append(
+            {"sanity": trainer.sanity_checking, "metrics": metrics, "decodes": self._decodes}
+        )
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if not self.sampler:
@@ -111,6 +138,7 @@ def run_job(job: dict[str, Any], out: Path, rank: int) -> None:
     result["losses"] = probe.losses
     result["grads"] = probe.grads
     result["first_batch"] = probe.sampler
+    result["validations"] = probe.validations
     (out / f"{job['name']}.rank{rank}.json").write_text(json.dumps(result))
 
 
