@@ -66,9 +66,10 @@ class _Record:
     initial: Tensor | None  # the value at registration, until an op overwrites all of it
     ops: list[_Op] = dataclasses.field(default_factory=list)
 
-    def replay(self) -> Tensor:
-        """The parameter's full value on the host, as the single-device build left it."""
-        full = torch.empty_strided(self.meta.size(), self.meta.stride(), dtype=self.meta.dtype)
+    def replay(self, scratch: _Scratch) -> Tensor:
+        """The parameter's full value on the host, as the single-device build left it, in
+        ``scratch``'s memory (valid until its next use)."""
+        full = scratch.like(self.meta)
         if self.initial is not None:
             full.copy_(self.initial)
         for op in self.ops:
@@ -80,6 +81,28 @@ class _Record:
                 kwargs["generator"] = generator
             op.func(view, *op.args, **kwargs)
         return full
+
+
+class _Scratch:
+    """One host buffer per dtype, grown to the largest tensor asked for and reused: freeing and
+    allocating a full-size tensor per parameter leaves the allocator's heap resident."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[torch.dtype, Tensor] = {}
+
+    def like(self, t: Tensor) -> Tensor:
+        """Uninitialised memory with ``t``'s shape, strides and dtype.
+
+        Args:
+            t: the (meta) tensor to imitate.
+        """
+        needed = 1 + sum((n - 1) * s for n, s in zip(t.size(), t.stride(), strict=True))
+        needed = needed if t.numel() else 0
+        buffer = self.buffers.get(t.dtype)
+        if buffer is None or buffer.numel() < needed:
+            self.buffers.pop(t.dtype, None)
+            buffer = self.buffers[t.dtype] = torch.empty(needed, dtype=t.dtype)
+        return buffer.as_strided(t.size(), t.stride())
 
 
 def _is_random(func: Any) -> bool:
@@ -95,6 +118,7 @@ class _Recorder(TorchDispatchMode):
     def __init__(self, records: dict[int, _Record]) -> None:
         super().__init__()
         self.records = records
+        self.scratch = _Scratch()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -120,8 +144,7 @@ class _Recorder(TorchDispatchMode):
             generator = kwargs.get("generator") or torch.default_generator
             state = generator.get_state()
             # Draw as the real build would, so that the generator moves on by as much.
-            scratch = torch.empty_strided(target.size(), target.stride(), dtype=target.dtype)
-            func(scratch, *rest, **kwargs)
+            func(self.scratch.like(target), *rest, **kwargs)
             kwargs = {k: v for k, v in kwargs.items() if k != "generator"}
         whole = (
             target.size() == record.meta.size()
@@ -184,6 +207,7 @@ class MetaInit:
 
     def __exit__(self, *exc: object) -> None:
         self._mode.__exit__(*exc)
+        self._mode.scratch = _Scratch()  # frees the draws' memory
         self._warnings.__exit__(*exc)
         self._handle.remove()
 
@@ -213,11 +237,12 @@ class MetaInit:
         model.to_empty(device=device)
         for name, buffer in model.named_buffers():
             buffer.copy_(buffers[name])
+        scratch = _Scratch()
         for name, param in model.named_parameters():
             record = self._by_name.get(_clean(name))
             if record is None:
                 raise MetaInitError(f"parameter {name} was not built under MetaInit")
-            full = record.replay()
+            full = record.replay(scratch)
             local = param.to_local() if hasattr(param, "to_local") else param
             part = _local_part(full, param)
             if part.shape != local.shape:

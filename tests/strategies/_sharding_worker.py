@@ -13,6 +13,7 @@ import copy
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -189,8 +190,10 @@ def main() -> None:
         "mlm_masks": check_mlm_masks,
     }
     for name, check in checks.items():
+        start = time.perf_counter()
         try:
             results[name] = check()
+            results[name]["seconds"] = round(time.perf_counter() - start, 1)
         except BaseException as error:  # recorded for the test to show
             results[name] = {"error": "".join(traceback.format_exception(error))[-4000:]}
         if not dist.is_initialized():
