@@ -62,8 +62,10 @@ def _safe_globals() -> list[Any]:
     with contextlib.suppress(ImportError):
         from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
         from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
 
-        allowed += [ZeroStageEnum, LossScaler, DynamicLossScaler]
+        # ZeRO-1/2 optimizer partitions record where each parameter's fragment lies.
+        allowed += [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
     return allowed
 
 
