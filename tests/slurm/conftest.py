@@ -41,16 +41,30 @@ def _cluster(command: str) -> subprocess.CompletedProcess[str]:
 
 
 def _update_users(delta: int) -> int:
-    """Count the test sessions (xdist workers) using the cluster; returns the new count.
+    """Register (+1) or unregister (-1) this test session as a user of the cluster; returns how
+    many sessions use it now. One file per session, named by its pid: a session that was killed
+    before its teardown stops counting once its process is gone.
 
     Args:
         delta: +1 when a session starts using it, -1 when it is done.
     """
-    count_file = CLUSTER_DIR / ".pytest-users"
-    count = int(count_file.read_text()) if count_file.exists() else 0
-    count = max(count + delta, 0)
-    count_file.write_text(str(count))
-    return count
+    users = CLUSTER_DIR / ".pytest-users.d"
+    users.mkdir(exist_ok=True)
+    mine = users / str(os.getpid())
+    if delta > 0:
+        mine.touch()
+    else:
+        mine.unlink(missing_ok=True)
+    alive = 0
+    for entry in users.iterdir():
+        try:
+            os.kill(int(entry.name), 0)
+            alive += 1
+        except (ValueError, ProcessLookupError):
+            entry.unlink(missing_ok=True)
+        except PermissionError:  # alive, another user's process
+            alive += 1
+    return alive
 
 
 @pytest.fixture(scope="session")
