@@ -4,7 +4,8 @@ check: every micro-batch's loss and the hashes of the examples in it.
     python tests/reliability/_resume_worker.py JOBS.json OUT_DIR
 
 Started once per rank (RANK/LOCAL_RANK/WORLD_SIZE set, so Lightning does not spawn); every job
-is one ``Trainer.fit`` of ``tests/strategies/tiny.yaml`` plus overlays. Beyond the strategy
+is one ``Trainer.fit`` of ``tests/strategies/tiny.yaml`` plus overlays. A job may first wait for
+a file (a checkpoint) that a group running beside this one writes. Beyond the strategy
 tests' worker, a job may deliver SIGTERM to one rank at a chosen micro-batch, or end every
 process with SIGKILL in the middle of its n-th sharded checkpoint save (the last job of a
 group: nothing after it runs). Each rank writes ``OUT_DIR/<job>.rank<r>.json``.
@@ -17,6 +18,7 @@ import json
 import os
 import signal
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -169,6 +171,10 @@ def main() -> None:
     rank = int(os.environ.get("RANK", 0))
     os.chdir(ROOT)
     for job in jobs:
+        if job.get("wait_for"):  # written by a group running beside this one
+            deadline = time.monotonic() + 900
+            while not (out / job["wait_for"]).exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
         run_job(job, out, rank)
         if torch.distributed.is_initialized():
             torch.distributed.barrier()

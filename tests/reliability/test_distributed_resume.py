@@ -1,5 +1,6 @@
 """Resuming on another number of processes, stopping mid-accumulation and dying mid-save, on
-real gloo process groups (4, then 2, then 4 processes; see ``_resume_worker.py``).
+real gloo process groups: one of 4 and one of 2 processes side by side, each resuming the
+other's checkpoints (see ``_resume_worker.py``).
 
 The tiny recipe on 48 training examples (sequences of 16 tokens), global batch 8: 4 processes
 × batch 2, or 2 processes × batch 2 × 2 accumulated micro-batches; 6 optimizer steps per
@@ -59,13 +60,25 @@ def _ckpt(job: str, step: int = SAVE) -> str:
     return f"{job}/ckpt/step={step}.ckpt"
 
 
-PHASES: list[tuple[int, list[dict]]] = [
+# Two groups side by side; a job waits for the checkpoint it resumes (swapped in whole).
+GROUPS: list[tuple[int, list[dict]]] = [
     (
         4,
         [
             _job("ddp4", DDP, FOUR, SAVE, save_every=SAVE, dataset=True),
             _job("fsdp4", FSDP, FOUR, SAVE, save_every=SAVE),
             _job("zero2_4", ZERO2, FOUR, SAVE, save_every=SAVE),
+            _job("ddp_2to4", DDP, FOUR, STEPS, resume=_ckpt("ddp2"), wait_for=_ckpt("ddp2")),
+            _job("fsdp_2to4", FSDP, FOUR, STEPS, resume=_ckpt("fsdp2"), wait_for=_ckpt("fsdp2")),
+            _job(
+                "fsdp_killed_4",
+                FSDP,
+                FOUR,
+                4,
+                resume="fsdp_kill/checkpoints/last.ckpt",
+                wait_for="group1.done",
+            ),
+            _job("zero2_kill", ZERO2, FOUR, 6, last_every=2, kill_in_save=2),
         ],
     ),
     (
@@ -73,22 +86,20 @@ PHASES: list[tuple[int, list[dict]]] = [
         [
             _job("ddp2", DDP, TWO, STEPS, save_every=SAVE),
             _job("fsdp2", FSDP, TWO, STEPS, save_every=SAVE),
-            _job("ddp_4to2", DDP, TWO, STEPS, resume=_ckpt("ddp4")),
-            _job("fsdp_4to2", FSDP, TWO, STEPS, resume=_ckpt("fsdp4")),
-            _job("zero2_4to2", ZERO2, TWO, STEPS, resume=_ckpt("zero2_4")),
+            _job("ddp_4to2", DDP, TWO, STEPS, resume=_ckpt("ddp4"), wait_for=_ckpt("ddp4")),
+            _job("fsdp_4to2", FSDP, TWO, STEPS, resume=_ckpt("fsdp4"), wait_for=_ckpt("fsdp4")),
+            _job(
+                "zero2_4to2",
+                ZERO2,
+                TWO,
+                STEPS,
+                resume=_ckpt("zero2_4"),
+                wait_for=_ckpt("zero2_4"),
+            ),
             # Micro-batch 2 is the first half of step 1 (0-based): mid-accumulation.
             _job("ddp_stop", DDP, TWO, STEPS, signal_at={"micro_batch": 2, "rank": 1}),
             _job("ddp_stop_resume", DDP, TWO, STEPS, resume="ddp_stop/checkpoints/last.ckpt"),
             _job("fsdp_kill", FSDP, TWO, 6, last_every=2, kill_in_save=2),
-        ],
-    ),
-    (
-        4,
-        [
-            _job("ddp_2to4", DDP, FOUR, STEPS, resume=_ckpt("ddp2")),
-            _job("fsdp_2to4", FSDP, FOUR, STEPS, resume=_ckpt("fsdp2")),
-            _job("fsdp_killed_4", FSDP, FOUR, 4, resume="fsdp_kill/checkpoints/last.ckpt"),
-            _job("zero2_kill", ZERO2, FOUR, 6, last_every=2, kill_in_save=2),
         ],
     ),
 ]
@@ -100,8 +111,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _group(world: int, jobs: list[dict], out: Path, env: dict, index: int) -> None:
-    """Run ``jobs`` in one group of ``world`` processes; a SIGKILLed rank ends the group."""
+def _start(world: int, jobs: list[dict], out: Path, env: dict, index: int) -> list:
+    """Start one group of ``world`` processes running ``jobs``."""
     path = out / f"jobs{index}.json"
     path.write_text(json.dumps(jobs))
     port = str(_free_port())
@@ -125,15 +136,31 @@ def _group(world: int, jobs: list[dict], out: Path, env: dict, index: int) -> No
                 stderr=subprocess.STDOUT,
             )
         )
+    return procs
+
+
+def _wait(groups: list[list], out: Path) -> None:
+    """Wait for every group; a SIGKILLed rank ends its group, as a scheduler ends the job's
+    other tasks. ``group<i>.done`` marks a group's end for the jobs waiting on it."""
     deadline = time.monotonic() + 900
-    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-        if any(p.returncode == -signal.SIGKILL for p in procs):
-            break  # as a scheduler would: one task killed, the job's other tasks go too
+    running = set(range(len(groups)))
+    while running and time.monotonic() < deadline:
+        for index in sorted(running):
+            procs = groups[index]
+            killed = any(p.poll() == -signal.SIGKILL for p in procs)
+            if killed or all(p.poll() is not None for p in procs):
+                for proc in procs:
+                    if proc.poll() is None:
+                        proc.kill()
+                    proc.wait()
+                (out / f"group{index}.done").touch()
+                running.discard(index)
         time.sleep(0.2)
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+    for procs in groups:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 class Runs(NamedTuple):
@@ -152,9 +179,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
         "TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache/lit_unitscale/torch_extensions")
     )
     env.pop("SLURM_NTASKS", None)
+    groups = [_start(world, jobs, out, env, i) for i, (world, jobs) in enumerate(GROUPS)]
+    _wait(groups, out)
     records: dict[str, list[dict]] = {}
-    for index, (world, jobs) in enumerate(PHASES):
-        _group(world, jobs, out, env, index)
+    for world, jobs in GROUPS:
         for job in jobs:
             files = [out / f"{job['name']}.rank{r}.json" for r in range(world)]
             records[job["name"]] = [json.loads(f.read_text()) for f in files if f.exists()]
