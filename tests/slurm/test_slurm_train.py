@@ -42,7 +42,7 @@ trainer:
     init_args: {{save_dir: run, name: csv, flush_logs_every_n_steps: 1}}
   callbacks:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {{dirpath: run/checkpoints, save_last: true, every_n_train_steps: 4}}
+      init_args: {{dirpath: run/checkpoints, save_last: true, every_n_train_steps: 25}}
 model:
   class_path: lit_unitscale.tasks.causal_lm.CausalLM
   init_args:
@@ -64,23 +64,6 @@ def write_corpus(path: Path) -> None:
     words = "the cat dog sat on a mat and ran to house big small red blue".split()
     lines = (" ".join(rng.choice(words) for _ in range(12)) for _ in range(600))
     path.write_text("\n".join(lines) + "\n")
-
-
-def wait_for_file(pattern: str, folder: Path, timeout: float) -> Path:
-    """Poll until a file matching ``pattern`` appears in ``folder``.
-
-    Args:
-        pattern: a glob pattern.
-        folder: where to look.
-        timeout: seconds before the test fails.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = sorted(folder.glob(pattern))
-        if found:
-            return found[0]
-        time.sleep(0.3)
-    pytest.fail(f"no {pattern} in {folder} after {timeout:.0f} s")
 
 
 def submit(folder: Path, capsys: pytest.CaptureFixture[str]) -> tuple[str, Path]:
@@ -130,9 +113,13 @@ def test_requeue_near_the_time_limit_resumes_to_the_uninterrupted_losses(
     job_id, logs = submit(tmp_path / "requeued", capsys)
     run = tmp_path / "requeued" / "run"
 
-    # Training has started once the first periodic checkpoint exists: send the time-limit
-    # warning now, to the batch script only, as SLURM would.
-    wait_for_file("epoch=*.ckpt", run / "checkpoints", timeout=120)
+    # Once a few steps are logged, send the time-limit warning to the batch script only, as
+    # SLURM would. The stop lands before the first periodic checkpoint (step 25), so the one
+    # to resume from is the one the stop writes, and mid-epoch: an epoch is longer than the run.
+    metrics, deadline = run / "csv" / "version_0" / "metrics.csv", time.monotonic() + 120
+    while not metrics.is_file() or metrics.read_text().count("\n") < 4:  # header + 3 steps
+        assert time.monotonic() < deadline, "no training steps logged after 120 s"
+        time.sleep(0.3)
     subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], check=True)
 
     assert wait_for_job(reference_id, timeout=240) == "COMPLETED"
@@ -147,13 +134,13 @@ def test_requeue_near_the_time_limit_resumes_to_the_uninterrupted_losses(
     assert "restart 1" in out, out
     stopped = re.search(r"stopped by SIGTERM after step (\d+); checkpoint saved to (\S+)\.", err)
     assert stopped, err
-    assert 4 <= int(stopped.group(1)) < MAX_STEPS, "the stop must land mid-run to test a resume"
+    assert 2 <= int(stopped.group(1)) < MAX_STEPS, "the stop must land mid-run to test a resume"
     assert stopped.group(2) == str(run / "checkpoints" / "last.ckpt")
     assert f"Restoring states from the checkpoint path at {stopped.group(2)}" in err, err
     assert err.count("GLOBAL_RANK: 1, MEMBER: 2/2") == 2, err  # both ranks, both times
 
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
-    assert last["global_step"] == MAX_STEPS
+    assert (last["global_step"], last["epoch"]) == (MAX_STEPS, 0)  # still the first epoch
     # Every step's loss equals the uninterrupted run's: same weights, optimizer state and data
     # position after the resume. fp32 on gloo is deterministic; 1e-6 relative is rounding only.
     reference = step_losses(tmp_path / "reference" / "run")
