@@ -6,7 +6,8 @@ Started once per rank by the tests (2 processes with RANK/LOCAL_RANK/WORLD_SIZE 
 Lightning does not spawn) or once alone; every job is one ``Trainer.fit`` built from
 ``tests/strategies/tiny.yaml`` plus overlays, so the processes (and DeepSpeed's import) are
 shared by all jobs. Each rank writes ``OUT_DIR/<job>.rank<r>.json``: the loss of every
-micro-batch, the RMS of every parameter's gradient as the optimizer sees it, and errors.
+micro-batch, the RMS of every parameter's gradient as the optimizer sees it, each validation's
+metrics and decoding steps, and errors.
 """
 
 from __future__ import annotations
