@@ -1,6 +1,6 @@
-"""Callbacks every run gets unless its recipe configures its own: atomic checkpoint files, a
-final ``last.ckpt``, a clean stop on Ctrl-C/SIGTERM, and a stop on non-finite loss or
-gradients."""
+"""Callbacks every run gets unless its recipe configures its own: atomic checkpoints (single
+files and sharded folders), a final ``last.ckpt``, a clean stop on Ctrl-C/SIGTERM at an
+optimizer-step boundary, and a stop on non-finite loss or gradients."""
 
 from __future__ import annotations
 
