@@ -11,7 +11,8 @@ from lightning.pytorch.utilities import rank_zero_only
 
 class StepProgressBar(RichProgressBar):
     """Rich progress bar counting optimizer steps toward ``max_steps`` (so its time-left column
-    is the run's), with the ``tok/s`` that :class:`~lit_unitscale.callbacks.Throughput` logs.
+    is the run's), with the training loss and the ``tok/s`` that
+    :class:`~lit_unitscale.callbacks.Throughput` logs, as of the latest logging step.
     Without ``max_steps`` it counts the epoch's batches, as Lightning's does.
 
     Args:
@@ -20,10 +21,21 @@ class StepProgressBar(RichProgressBar):
 
     def __init__(self, leave: bool = False) -> None:
         super().__init__(leave=leave)
+        self._shown: dict[str, Any] | None = None
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        # Every value Lightning hands a progress bar is read back from the device when asked
+        # for; while training, ask only at logging steps, where the loggers read them anyway.
+        logging = trainer._logger_connector.should_update_logs
+        if trainer.training and not logging:
+            return self._shown or {}
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)  # the logger's run id: noise beside the losses
+        for key, name in (("train/loss", "loss"), ("perf/tokens_per_s", "tok/s")):
+            value = trainer.callback_metrics.get(key)
+            if value is not None:
+                metrics[name] = f"{float(value):.4g}"
+        self._shown = metrics
         return metrics
 
     def _by_steps(self) -> bool:

@@ -54,10 +54,6 @@ class Throughput(L.Callback):
                 prog_bar=False,
                 batch_size=1,
             )
-            # prog bar shows a short key
-            pl_module.log(
-                "tok/s", self._tokens / elapsed, prog_bar=True, logger=False, batch_size=1
-            )
             self._t0, self._tokens = time.perf_counter(), 0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -131,3 +131,17 @@ def test_no_host_sync_when_fine_tuning(tmp_path: Path) -> None:
             f"--data.init_args.tokenizer_path={tmp_path / 'mlm' / 'tokenizer.json'}",
         )
     )
+
+
+def test_no_host_sync_with_the_shipped_console(tmp_path: Path) -> None:
+    # What the recipes show while training: the step bar (loss, tok/s) and the throughput meter.
+    check(
+        micro_batch_syncs(
+            "causal",
+            tmp_path,
+            "--trainer.enable_progress_bar=true",
+            "--trainer.callbacks+=lit_unitscale.callbacks.StepProgressBar",
+            "--trainer.callbacks+=lit_unitscale.callbacks.throughput.Throughput",
+            "--trainer.callbacks.log_every_n_steps=1",
+        )
+    )
