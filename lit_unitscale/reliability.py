@@ -107,10 +107,26 @@ class FinalCheckpoint(L.Callback):
         if all(getattr(c, "_last_global_step_saved", -1) == trainer.global_step for c in keeping):
             return
         path = checkpoint_path(trainer)
+        record_last_save(trainer, path)  # first: the checkpoint carries ModelCheckpoint's state
         trainer.save_checkpoint(path)
-        for callback in keeping:
-            callback.last_model_path = str(path)
+
+
+def record_last_save(trainer: L.Trainer, path: Path) -> None:
+    """Tell every ModelCheckpoint that ``path`` holds this step's ``last.ckpt``, before it is
+    written. Otherwise its epoch-end and train-end hooks save again, into ``last-v1.ckpt``
+    (after a stop mid-epoch, a checkpoint that records the epoch as finished: a resume would
+    skip the rest of it), and a run resumed from ``path`` writes ``last-v1.ckpt`` beside it.
+
+    Args:
+        trainer: the running trainer.
+        path: the checkpoint about to be written.
+    """
+    for callback in trainer.callbacks:
+        if isinstance(callback, ModelCheckpoint):
             callback._last_global_step_saved = trainer.global_step
+            if callback.save_last:
+                callback.last_model_path = str(path)
+                callback._last_checkpoint_saved = str(path)
 
 
 def default_callbacks(existing: Iterable[L.Callback]) -> list[L.Callback]:

@@ -201,7 +201,10 @@ class GracefulStop(L.Callback):
         if not self._agreed_stop(trainer) or trainer.should_stop:
             return
         global last_stop
+        from lit_unitscale.reliability import record_last_save
+
         path = checkpoint_path(trainer)
+        record_last_save(trainer, path)
         trainer.save_checkpoint(path)
         trainer.should_stop = True
         name = signal.Signals(self.received).name if self.received else "SIGTERM"

@@ -139,8 +139,19 @@ def test_requeue_near_the_time_limit_resumes_to_the_uninterrupted_losses(
     assert f"Restoring states from the checkpoint path at {stopped.group(2)}" in err, err
     assert err.count("GLOBAL_RANK: 1, MEMBER: 2/2") == 2, err  # both ranks, both times
 
-    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
-    assert (last["global_step"], last["epoch"]) == (MAX_STEPS, 0)  # still the first epoch
+    # The same checkpoints as the uninterrupted job (no last-v1.ckpt beside the stop's), and the
+    # final one at the same step, epoch and data position.
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    reference_run = tmp_path / "reference" / "run"
+    assert names == sorted(p.name for p in (reference_run / "checkpoints").iterdir()), names
+    last, reference_last = (
+        torch.load(r / "checkpoints" / "last.ckpt", weights_only=False)
+        for r in (run, reference_run)
+    )
+    assert last["global_step"] == reference_last["global_step"] == MAX_STEPS
+    assert last["epoch"] == reference_last["epoch"]
+    position = "ResumableSampling"
+    assert last["callbacks"][position] == reference_last["callbacks"][position]
     # Every step's loss equals the uninterrupted run's: same weights, optimizer state and data
     # position after the resume. fp32 on gloo is deterministic; 1e-6 relative is rounding only.
     reference = step_losses(tmp_path / "reference" / "run")

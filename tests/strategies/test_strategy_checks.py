@@ -92,7 +92,8 @@ def test_sampler_gives_the_same_global_batches_on_any_process_count() -> None:
         split = set(ranks[0][step * batch : (step + 1) * batch])
         split |= set(ranks[1][step * batch : (step + 1) * batch])
         assert split == global_batch
-    resumed = ResumableSampler(data, 2, 1, seed=5, epoch=2, start=3 * batch)
+    start = 3 * batch * 2  # samples consumed by both ranks
+    resumed = ResumableSampler(data, 2, 1, seed=5, epoch=2, start=start)
     assert list(resumed) == ranks[1][3 * batch :]
     assert list(resumed) == ranks[1]  # the offset applies to one iteration only
     assert list(ResumableSampler(data, 1, 0, seed=5, epoch=3)) != one
