@@ -1,4 +1,4 @@
-"""Export a training checkpoint: ``python -m lit_unitscale export CKPT OUT_DIR``.
+"""Export a training checkpoint: ``python -m lit_unitscale export CKPT OUT_DIR [--format F]``.
 
 CKPT is any checkpoint our strategies write: a ``.ckpt`` file (single process, DDP), an FSDP2
 folder of shards or a DeepSpeed folder; sharded ones are consolidated first. OUT_DIR receives
@@ -9,6 +9,10 @@ folder of shards or a DeepSpeed folder; sharded ones are consolidated first. OUT
 
 ``lit_unitscale.models.load(OUT_DIR)`` rebuilds the model. Nothing is unpickled beyond
 tensors and plain containers (``torch.load(weights_only=True)``).
+
+``--format hf`` instead writes a standard transformers model (u-μP constants folded into its
+weights, see :mod:`lit_unitscale.models.hf`) that ``AutoModelForCausalLM.from_pretrained(OUT_DIR)``
+loads without custom code, with the tokenizer as a ``PreTrainedTokenizerFast``.
 """
 
 from __future__ import annotations
@@ -18,17 +22,23 @@ import sys
 from pathlib import Path
 
 EXIT_ERROR = 1
+FORMATS = ("native", "hf")
 
 
 def export_checkpoint(
-    checkpoint: str | Path, out_dir: str | Path, consolidated: str | Path | None = None
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    consolidated: str | Path | None = None,
+    format: str = "native",
 ) -> Path:
-    """Write ``model.safetensors`` + ``config.json`` (+ ``tokenizer.json``) from a checkpoint.
+    """Write the model of a checkpoint in the native or the transformers format.
 
     Args:
         checkpoint: a checkpoint file, FSDP2 folder or DeepSpeed folder.
         out_dir: folder to write.
         consolidated: also write the consolidated single-file checkpoint here.
+        format: ``native`` (``model.safetensors`` + ``config.json`` + ``tokenizer.json``) or
+            ``hf`` (a transformers model folder with its tokenizer).
     """
     from lit_unitscale.models import ARCHITECTURES, TransformerConfig, save_pretrained
     from lit_unitscale.strategies.checkpoints import (
@@ -64,6 +74,10 @@ def export_checkpoint(
             f"{checkpoint}: weights do not match the model (missing {missing[:5]}, "
             f"unexpected {unexpected[:5]})"
         )
+    if format == "hf":
+        from lit_unitscale.models.hf import save_hf
+
+        return save_hf(model, out_dir, tokenizer_json=state.get("tokenizer"))
     return save_pretrained(model, out_dir, tokenizer_json=state.get("tokenizer"))
 
 
@@ -93,12 +107,21 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="also write the consolidated single-file checkpoint to this path",
     )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="native",
+        help="native: lit_unitscale's safetensors + config (lit_unitscale.models.load); "
+        "hf: a standard transformers model, u-μP constants folded into its weights",
+    )
     args = parser.parse_args(argv)
     from lit_unitscale.models.config import ConfigError
     from lit_unitscale.strategies.checkpoints import CheckpointError
 
     try:
-        out = export_checkpoint(args.checkpoint, args.out_dir, args.consolidated)
+        out = export_checkpoint(
+            args.checkpoint, args.out_dir, args.consolidated, format=args.format
+        )
     except (CheckpointError, ConfigError, FileNotFoundError) as error:
         print(f"export: {error}", file=sys.stderr)
         return EXIT_ERROR
