@@ -80,3 +80,43 @@ def test_export_never_unpickles_arbitrary_objects(tmp_path: Path, capsys) -> Non
 def test_export_explains_what_is_not_a_checkpoint(tmp_path: Path, capsys) -> None:
     assert export([str(tmp_path), str(tmp_path / "out")]) == 1
     assert "not a checkpoint" in capsys.readouterr().err
+
+
+def test_hf_export_loads_in_transformers_with_its_tokenizer(trained, tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer
+
+    task, checkpoint = trained
+    out = tmp_path / "hf"
+    assert export([str(checkpoint), str(out), "--format", "hf"]) == 0
+    model = transformers.AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    assert isinstance(model, transformers.LlamaForCausalLM)
+    assert isinstance(tokenizer, transformers.PreTrainedTokenizerFast)
+    from lit_unitscale.strategies.checkpoints import load_checkpoint
+
+    native = Tokenizer.from_str(load_checkpoint(checkpoint)["tokenizer"])
+    text = "the cat sat on the mat"
+    assert tokenizer(text)["input_ids"] == native.encode(text).ids
+    assert tokenizer.eos_token == "<eos>" and model.config.eos_token_id == tokenizer.eos_token_id
+    ids = torch.randint(0, task.config.vocab_size, (2, 16))
+    task.model.eval()
+    with torch.no_grad():
+        ours_logits, theirs = task.model(ids), model(ids).logits
+    assert float((ours_logits - theirs).abs().max() / ours_logits.pow(2).mean().sqrt()) < 1e-4
+
+
+def test_hf_export_refuses_a_model_kind_it_cannot_map_in_one_line(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("transformers")
+    from lit_unitscale.models.heads import EncoderMLM
+
+    config = TransformerConfig(vocab_size=11, d_model=16, n_heads=2)
+    checkpoint = tmp_path / "mlm.ckpt"
+    state_dict = {f"model.{k}": v for k, v in EncoderMLM(config).state_dict().items()}
+    torch.save(
+        {"state_dict": state_dict, "model_config": config.to_dict(), "architecture": "EncoderMLM"},
+        checkpoint,
+    )
+    assert export([str(checkpoint), str(tmp_path / "out"), "--format", "hf"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "EncoderMLM" in err and "exportable: DecoderLM" in err
