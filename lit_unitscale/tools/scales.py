@@ -3,16 +3,22 @@
     python -m lit_unitscale scales runs/ptb-tiny                      # -> runs/ptb-tiny/scales.html
     python -m lit_unitscale scales runs/ptb-tiny --out scales.png --step 100
 
-The scale profile shows one row per layer and tensor at one step on a log2 axis, forward
-tensors (activations, weights) and backward tensors (their gradients) in different colours,
-updates in a third, with the FP8 E4M3/E5M2 and fp16 ranges as vertical lines. The curves show
-each tensor kind's RMS over steps, one line per layer. HTML embeds both as PNGs plus a table.
+The HTML dashboard is one self-contained file (inline script and style; no server, no
+network) that opens from the run directory: a step slider and a layer filter drive, per layer
+and tensor, the histogram of log2 |x| at the selected step against the E4M3, E5M2 and fp16
+normal ranges, the scale profile (log2 RMS of every layer and tensor), the RMS-over-steps
+curves and a table of the step's values; alert records of the run are listed. Records written
+before the monitor kept histograms show RMS only. ``#step=100&layers=block0,head`` in the
+address opens a given view.
+
+The PNG output is the scale profile at one step on a log2 axis (forward tensors, backward
+tensors and updates in different colours, the format ranges as vertical lines) and, beside
+it, each tensor kind's RMS over steps, one line per layer.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import html
 import io
 import json
@@ -48,20 +54,94 @@ class ScalesError(Exception):
     """A problem the user can fix; printed as one line."""
 
 
+HIST = "log2_hist"
+
+
 def find_jsonl(path: Path) -> Path:
     """``path`` itself, ``path/scales.jsonl``, or the newest ``scales.jsonl`` below ``path``.
 
     Args:
         path: a run directory or a scales.jsonl file.
     """
+    if not path.exists():
+        raise ScalesError(f"{path} does not exist (give a run directory or its {JSONL_NAME})")
     if path.is_file():
         return path
     if (path / JSONL_NAME).is_file():
         return path / JSONL_NAME
-    found = sorted(path.rglob(JSONL_NAME), key=lambda p: p.stat().st_mtime) if path.is_dir() else []
+    found = sorted(path.rglob(JSONL_NAME), key=lambda p: p.stat().st_mtime)
     if not found:
         raise ScalesError(f"no {JSONL_NAME} in {path} (was the run trained with ScaleMonitor?)")
     return found[-1]
+
+
+def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Monitor-step records in step order (the last of repeated steps) and alert records.
+
+    A monitor-step record holds ``step`` and ``layers``; a histogram written beside a tensor's
+    statistics as ``"<layer>/<tensor>/log2_hist"`` is moved under ``layers[layer][tensor]``.
+    Records of other kinds (alerts) are returned apart, in file order.
+
+    Args:
+        path: a run directory or a scales.jsonl file.
+    """
+    jsonl = find_jsonl(path)
+    by_step: dict[int, dict[str, Any]] = {}
+    others: list[dict[str, Any]] = []
+    for number, line in enumerate(jsonl.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{jsonl} line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ScalesError(f"{where}: not JSON ({err.msg}, column {err.colno})") from None
+        if not isinstance(record, dict):
+            raise ScalesError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        if "layers" not in record:
+            others.append(record)
+            continue
+        by_step[_check_step(record, where)] = _nest_histograms(record, where)
+    if not by_step:
+        raise ScalesError(f"{jsonl}: no monitor steps in it (empty or alerts only)")
+    return [by_step[s] for s in sorted(by_step)], others
+
+
+def _check_step(record: dict[str, Any], where: str) -> int:
+    step, layers = record.get("step"), record["layers"]
+    if not isinstance(step, int) or isinstance(step, bool):
+        raise ScalesError(f"{where}: 'step' must be an integer, got {step!r}")
+    if not isinstance(layers, dict) or not all(
+        isinstance(t, dict) and all(isinstance(v, dict) and "rms" in v for v in t.values())
+        for t in layers.values()
+    ):
+        raise ScalesError(f"{where}: 'layers' must map layer -> tensor -> statistics with 'rms'")
+    return step
+
+
+def _nest_histograms(record: dict[str, Any], where: str) -> dict[str, Any]:
+    for key in [k for k in record if k.endswith("/" + HIST)]:
+        layer, tensor, _ = key.rsplit("/", 2)
+        if tensor not in record["layers"].get(layer, {}):
+            raise ScalesError(f"{where}: {key} has no statistics for {layer}/{tensor}")
+        record["layers"][layer][tensor][HIST] = record.pop(key)
+    for layer, tensors in record["layers"].items():
+        for tensor, values in tensors.items():
+            hist = values.get(HIST)
+            if hist is None:
+                continue
+            counts = hist.get("counts") if isinstance(hist, dict) else None
+            if not (
+                isinstance(counts, list)
+                and isinstance(hist.get("min_exp"), int)
+                and all(isinstance(c, int) and c >= 0 for c in counts)
+                and isinstance(hist.get("zeros", 0), int)
+            ):
+                raise ScalesError(
+                    f"{where}: {layer}/{tensor}/{HIST} must be "
+                    '{"min_exp": int, "counts": [non-negative ints], "zeros": int}'
+                )
+    return record
 
 
 def load_records(path: Path) -> list[dict[str, Any]]:
@@ -70,14 +150,7 @@ def load_records(path: Path) -> list[dict[str, Any]]:
     Args:
         path: a run directory or a scales.jsonl file.
     """
-    by_step: dict[int, dict[str, Any]] = {}
-    for line in find_jsonl(path).read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            by_step[record["step"]] = record
-    if not by_step:
-        raise ScalesError(f"{path}: {JSONL_NAME} is empty")
-    return [by_step[s] for s in sorted(by_step)]
+    return read_jsonl(path)[0]
 
 
 def _log2(value: float) -> float:
@@ -198,29 +271,104 @@ def pick(records: list[dict[str, Any]], step: int | None) -> dict[str, Any]:
     raise ScalesError(f"no monitor step {step}; recorded: {[r['step'] for r in records]}")
 
 
-def render_html(records: list[dict[str, Any]], step: int | None) -> str:
-    """A self-contained HTML page: the two PNGs and a table of the profile step's values."""
-    record = pick(records, step)
-    profile, curves = render_png(records, step)
-    stats = [k for k in next(iter(next(iter(record["layers"].values())).values()))]
-    head = "".join(f"<th>{html.escape(s)}</th>" for s in ["layer", "tensor", "log2 rms", *stats])
-    body = []
-    for layer, tensors in record["layers"].items():
-        for tensor, values in tensors.items():
-            cells = [layer, tensor, f"{_log2(values['rms']):.2f}"]
-            cells += [f"{values[s]:.4g}" for s in stats]
-            body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    bad = record.get("first_non_finite")
-    warning = f"<p><b>non-finite first at {'/'.join(bad)}</b></p>" if bad else ""
-    img = lambda png: f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}">'  # noqa: E731
+# Shaded normal ranges of the histograms: (label, low, high, fill); log2 of the range limits.
+# The wider band first, so the narrower one stays visible on top of it.
+BANDS = [
+    ("E5M2 normal range", math.log2(E5M2.min_normal), math.log2(E5M2.max_value), "#eeeeee"),
+    ("E4M3 normal range", math.log2(E4M3.min_normal), math.log2(E4M3.max_value), "#e6dcf5"),
+]
+HTML_COLOURS = {"purple": "#7b3fb5", "grey": "#888888", "black": "#000000"}
+JS_DASH = {"-": [], "--": [5, 3], ":": [2, 2]}
+SCRIPT = Path(__file__).with_name("scales_dashboard.js")
+
+
+def _finite(value: Any) -> Any:
+    # JSON has no NaN or infinity (the page's JSON.parse rejects them): a non-finite statistic
+    # travels as null and is drawn as missing.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def dashboard_data(
+    records: list[dict[str, Any]], step: int | None, alerts: list[dict[str, Any]] = ()
+) -> dict[str, Any]:
+    """What the HTML dashboard draws, as one JSON-able dict.
+
+    Args:
+        records: monitor-step records, in step order.
+        step: the step shown first (None: the last).
+        alerts: alert records of the run, shown as a list.
+    """
+    initial = pick(records, step)["step"]
+    layers = list(dict.fromkeys(layer for r in records for layer in r["layers"]))
+    present = {t for r in records for tensors in r["layers"].values() for t in tensors}
+    return _finite(
+        {
+            "records": [
+                {k: r[k] for k in ("step", "layers", "first_non_finite") if k in r} for r in records
+            ],
+            "layers": layers,
+            "tensors": [t for t in TENSORS if t in present],
+            "initial_step": initial,
+            "bands": [
+                {"label": label, "lo": lo, "hi": hi, "fill": fill} for label, lo, hi, fill in BANDS
+            ],
+            "limits": [
+                {"label": label, "log2": x, "colour": HTML_COLOURS[colour], "dash": JS_DASH[style]}
+                for label, x, colour, style in LIMITS
+            ],
+            "alerts": list(alerts),
+        }
+    )
+
+
+def render_html(
+    records: list[dict[str, Any]], step: int | None, alerts: list[dict[str, Any]] = ()
+) -> str:
+    """A self-contained interactive HTML page (inline script and style, no network).
+
+    A step slider and a layer filter drive, per layer and tensor, the log2|x| histogram at the
+    selected step with the E4M3, E5M2 and fp16 ranges marked (RMS only where a record has no
+    histogram), the scale profile, the RMS-over-steps curves and a table of the step's values.
+
+    Args:
+        records: monitor-step records, in step order.
+        step: the step shown first (None: the last).
+        alerts: alert records of the run, listed under the controls.
+    """
+    data = json.dumps(dashboard_data(records, step, alerts), allow_nan=False)
+    data = data.replace("</", "<\\/")  # a layer name cannot close the script element
+    items = "".join(f"<li>{html.escape(json.dumps(a))}</li>" for a in alerts)
+    alert_list = f"<h2>Alerts</h2><ul id='alerts'>{items}</ul>" if alerts else ""
     return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>scales</title>"
-        "<style>body{font-family:sans-serif} td,th{padding:2px 8px;text-align:right}"
-        "table{border-collapse:collapse} tr:nth-child(even){background:#f3f3f3}</style></head>"
-        f"<body><h1>Scales, step {record['step']}</h1>{warning}{img(profile)}"
-        f"<h2>RMS over steps</h2>{img(curves)}"
-        f"<h2>Values at step {record['step']}</h2><table><tr>{head}</tr>{''.join(body)}</table>"
-        "</body></html>"
+        "<!doctype html><html><head><meta charset='utf-8'><title>scales</title><style>"
+        "body{font-family:sans-serif;margin:12px;background:#fff} canvas{margin:2px}"
+        "td,th{padding:2px 8px;text-align:right;font-size:12px}"
+        "table{border-collapse:collapse} tr:nth-child(even){background:#f3f3f3}"
+        ".controls{position:sticky;top:0;background:#fff;padding:4px 0;z-index:1}"
+        ".controls label{margin-right:10px} #step{width:420px;vertical-align:middle}"
+        ".swatch{display:inline-block;width:12px;height:12px;margin:0 3px 0 10px}"
+        ".legend{font-size:12px} .hist-row{white-space:nowrap} #non-finite{color:#b00}"
+        "</style></head><body>"
+        "<h1>Scales</h1><div class='controls'>"
+        "<label>step <input type='range' id='step' min='0' step='1'> "
+        "<b id='step-label'></b></label> <b id='non-finite'></b>"
+        "<div id='layers'>layers: </div></div>"
+        f"{alert_list}"
+        "<h2>log2 |x| at the selected step</h2><div class='legend' id='legend'></div>"
+        "<p class='legend'>Bars: share of non-zero elements per power of two (scaled to the "
+        "tallest bin); black line: log2 RMS.</p><div id='histograms'></div>"
+        "<h2>Scale profile (log2 RMS)</h2><canvas id='profile' width='900'></canvas>"
+        "<h2>RMS over steps</h2><div class='legend' id='layer-legend'></div>"
+        "<div id='curves'></div>"
+        "<h2>Values at the selected step</h2><table id='values'></table>"
+        f"<script type='application/json' id='scales-data'>{data}</script>"
+        f"<script>{SCRIPT.read_text()}</script></body></html>"
     )
 
 
@@ -249,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     try:
-        records = load_records(args.run_dir)
+        records, alerts = read_jsonl(args.run_dir)
         run_dir = args.run_dir if args.run_dir.is_dir() else args.run_dir.parent
         out = args.out or run_dir / "scales.html"
         if out.suffix == ".png":
@@ -259,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             curves_out.write_bytes(curves)
             print(f"wrote {out} and {curves_out}")
         elif out.suffix in (".html", ".htm"):
-            out.write_text(render_html(records, args.step))
+            out.write_text(render_html(records, args.step, alerts))
             print(f"wrote {out}")
         else:
             raise ScalesError(f"--out must end in .html or .png, got {out}")

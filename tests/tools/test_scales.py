@@ -1,42 +1,74 @@
-"""The offline scale dashboard renders every layer from a scales.jsonl."""
+"""The offline scale dashboard renders every layer from a scales.jsonl, with or without
+histograms, and turns bad input into one line."""
 
 import json
-import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lit_unitscale.tools import scales
+from tests.conftest import run_cli
 
-LAYERS = ["embed", "block0", "block1", "final_norm", "head"]
-
-
-def _record(step: int) -> dict:
-    stats = {"underflow_e4m3": 0.0, "overflow_e4m3": 0.0, "underflow_e5m2": 0.0}
-    layers = {
-        layer: {
-            t: {"rms": 2.0 ** (i - 2 - step), **stats}
-            for t in ("act", "act_grad", "weight", "weight_grad", "update")
-        }
-        for i, layer in enumerate(LAYERS)
-    }
-    return {"step": step, "formats": ["e4m3"], "layers": layers, "first_non_finite": None}
+from .scales_records import LAYERS, record, write_run
 
 
 @pytest.fixture
 def run_dir(tmp_path):
-    lines = [json.dumps(_record(s)) for s in (0, 10, 20)]
-    (tmp_path / "scales.jsonl").write_text("\n".join(lines) + "\n")
-    return tmp_path
+    return write_run(tmp_path, [0, 10, 20])
 
 
-def test_html_contains_every_layer_and_both_plots(run_dir):
+def _page_data(page: str) -> dict:
+    start = page.index("<script type='application/json' id='scales-data'>")
+    body = page[page.index(">", start) + 1 : page.index("</script>", start)]
+    return json.loads(body)
+
+
+def test_html_is_self_contained_and_carries_every_layer_and_histogram(run_dir):
     assert scales.main([str(run_dir), "--step", "10"]) == 0
     page = (run_dir / "scales.html").read_text()
-    assert page.count("data:image/png;base64,") == 2
-    for layer in LAYERS:
-        assert f"<td>{layer}</td>" in page
-    assert "Values at step 10" in page
-    assert f"<td>{math.log2(2.0**-12):.2f}</td>" in page  # embed at step 10
+    for remote in ("http://", "https://", "src=", "<link"):
+        assert remote not in page  # opens from disk: nothing to fetch
+    data = _page_data(page)
+    assert data["layers"] == LAYERS
+    assert data["initial_step"] == 10
+    assert [r["step"] for r in data["records"]] == [0, 10, 20]
+    want = record(10)["layers"]["block1"]["act_grad"]["log2_hist"]
+    assert data["records"][1]["layers"]["block1"]["act_grad"]["log2_hist"] == want
+    assert {b["label"] for b in data["bands"]} == {"E4M3 normal range", "E5M2 normal range"}
+    assert any(limit["label"] == "fp16 max" for limit in data["limits"])
+
+
+def test_flat_histogram_keys_are_read_beside_their_statistics(tmp_path):
+    rec = record(0)
+    hist = rec["layers"]["head"]["act"].pop("log2_hist")
+    rec["head/act/log2_hist"] = hist
+    (tmp_path / "scales.jsonl").write_text(json.dumps(rec) + "\n")
+    (loaded,) = scales.load_records(tmp_path)
+    assert loaded["layers"]["head"]["act"]["log2_hist"] == hist
+
+
+def test_records_without_histograms_and_alert_records_still_render(tmp_path):
+    write_run(tmp_path, [0, 10], histograms=False)
+    alert = {"alerts": [{"step": 10, "layer": "head", "tensor": "act", "reason": "rms"}]}
+    with open(tmp_path / "scales.jsonl", "a") as f:
+        f.write(json.dumps(alert) + "\n")
+    assert scales.main([str(tmp_path)]) == 0
+    page = (tmp_path / "scales.html").read_text()
+    data = _page_data(page)
+    assert [r["step"] for r in data["records"]] == [0, 10]  # the alert line is not a step
+    assert data["alerts"] == [alert]
+    assert "<ul id='alerts'>" in page
+
+
+def test_non_finite_statistics_travel_as_null(tmp_path):
+    rec = record(0)
+    rec["layers"]["head"]["act_grad"]["rms"] = float("nan")
+    rec["first_non_finite"] = ["head", "act_grad"]
+    (tmp_path / "scales.jsonl").write_text(json.dumps(rec) + "\n")
+    assert scales.main([str(tmp_path)]) == 0
+    data = _page_data((tmp_path / "scales.html").read_text())  # json.loads refuses NaN too
+    assert data["records"][0]["layers"]["head"]["act_grad"]["rms"] is None
 
 
 def test_png_profile_has_a_row_per_layer_and_tensor(run_dir, tmp_path):
@@ -57,9 +89,80 @@ def test_png_profile_has_a_row_per_layer_and_tensor(run_dir, tmp_path):
     assert {label.split()[0] for label in labels} == set(LAYERS)
 
 
+def _error(argv: list[str], capsys) -> str:
+    assert scales.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("scales: "), err
+    return err
+
+
 def test_clear_errors(tmp_path, capsys):
-    assert scales.main([str(tmp_path)]) == 1
-    assert "no scales.jsonl" in capsys.readouterr().err
-    (tmp_path / "scales.jsonl").write_text(json.dumps(_record(0)) + "\n")
-    assert scales.main([str(tmp_path), "--step", "5"]) == 1
-    assert "no monitor step 5" in capsys.readouterr().err
+    assert "does not exist" in _error([str(tmp_path / "missing")], capsys)
+    assert "no scales.jsonl" in _error([str(tmp_path)], capsys)
+    jsonl = tmp_path / "scales.jsonl"
+    jsonl.write_text(json.dumps(record(0)) + "\n")
+    assert "no monitor step 5" in _error([str(tmp_path), "--step", "5"], capsys)
+    assert "--out must end in" in _error([str(tmp_path), "--out", "x.pdf"], capsys)
+    jsonl.write_text(json.dumps(record(0)) + "\n{truncated\n")
+    assert "scales.jsonl line 2: not JSON" in _error([str(tmp_path)], capsys)
+    jsonl.write_text("[1, 2]\n")
+    assert "line 1: expected a JSON object" in _error([str(tmp_path)], capsys)
+    jsonl.write_text(json.dumps({"step": "ten", "layers": {}}) + "\n")
+    assert "'step' must be an integer" in _error([str(tmp_path)], capsys)
+    bad = record(0)
+    bad["layers"]["embed"]["act"]["log2_hist"] = {"min_exp": -40, "counts": [1, -1]}
+    jsonl.write_text(json.dumps(bad) + "\n")
+    assert "embed/act/log2_hist must be" in _error([str(tmp_path)], capsys)
+    jsonl.write_text(json.dumps({"alerts": []}) + "\n")
+    assert "no monitor steps" in _error([str(tmp_path)], capsys)
+
+
+def test_a_corrupt_file_is_one_line_and_a_non_zero_exit_from_the_command_line(tmp_path):
+    (tmp_path / "scales.jsonl").write_text(json.dumps(record(0))[:200] + "\n")
+    proc = run_cli("scales", str(tmp_path), check=False, timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"scales: {tmp_path / 'scales.jsonl'} line 1: not JSON ("), line
+
+
+HISTOGRAMS = st.fixed_dictionaries(
+    {
+        "min_exp": st.integers(-60, 0),
+        "counts": st.lists(st.integers(0, 2**40), max_size=80),
+        "zeros": st.integers(0, 2**40),
+    }
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 50), st.floats(2.0**-30, 2.0**30), HISTOGRAMS, st.booleans()),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_steps_come_back_in_order_the_last_of_a_repeated_step_with_its_histogram(lines):
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        text = []
+        for step, rms, hist, flat in lines:
+            rec = {"step": step, "layers": {"block0": {"act": {"rms": rms}}}}
+            if flat:
+                rec["block0/act/log2_hist"] = hist
+            else:
+                rec["layers"]["block0"]["act"]["log2_hist"] = hist
+            text.append(json.dumps(rec))
+        Path(tmp, "scales.jsonl").write_text("\n".join(text) + "\n")
+        records = scales.load_records(Path(tmp))
+        data = json.loads(json.dumps(scales.dashboard_data(records, None), allow_nan=False))
+    last = {step: (rms, hist) for step, rms, hist, _ in lines}
+    assert [r["step"] for r in records] == sorted(last)
+    for r in data["records"]:
+        assert r["layers"]["block0"]["act"] == {
+            "rms": last[r["step"]][0],
+            "log2_hist": last[r["step"]][1],
+        }
