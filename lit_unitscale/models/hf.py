@@ -23,6 +23,8 @@ Mappings (each checked against the installed transformers source):
 - ``DecoderLM``, RoPE + RMSNorm, SwiGLU or GELU → ``LlamaForCausalLM`` (a GELU MLP is Llama's
   gated MLP with ``hidden_act="gelu"`` and an up projection that is the constant 1: zero weight,
   unit bias);
+- ``DecoderLM``, RoPE + LayerNorm + GELU, one key/value head per head →
+  ``GPTNeoXForCausalLM`` with sequential residuals (``use_parallel_residual=False``);
 - ``DecoderLM``, learned positions + LayerNorm + GELU, one key/value head per head →
   ``GPT2LMHeadModel``.
 
@@ -51,7 +53,8 @@ class HFExportError(ConfigError):
 
 
 EXPORTABLE = (
-    "DecoderLM with positions='rope', norm='rms', mlp='swiglu' or 'gelu' (Llama), or "
+    "DecoderLM with positions='rope', norm='rms', mlp='swiglu' or 'gelu' (Llama); "
+    "positions='rope', norm='layer', mlp='gelu', n_kv_heads=None (GPT-NeoX); or "
     "positions='learned', norm='layer', mlp='gelu', n_kv_heads=None (GPT-2)"
 )
 
@@ -69,12 +72,10 @@ def hf_architecture(model: nn.Module) -> str:
     c = model.config
     if c.positions == "rope" and c.norm == "rms":
         return "LlamaForCausalLM"
-    if (
-        c.positions == "learned"
-        and c.norm == "layer"
-        and c.mlp == "gelu"
-        and c.kv_heads == c.n_heads
-    ):
+    plain = c.norm == "layer" and c.mlp == "gelu" and c.kv_heads == c.n_heads
+    if plain and c.positions == "rope":
+        return "GPTNeoXForCausalLM"
+    if plain and c.positions == "learned":
         return "GPT2LMHeadModel"
     raise HFExportError(
         f"DecoderLM with positions={c.positions!r}, norm={c.norm!r}, mlp={c.mlp!r}, "
@@ -84,8 +85,10 @@ def hf_architecture(model: nn.Module) -> str:
 
 
 def _nearest(c) -> str:
-    if c.positions == "learned" or c.norm == "layer":
+    if c.positions == "learned":
         return "positions='learned', norm='layer', mlp='gelu', n_kv_heads=None (GPT-2)"
+    if c.norm == "layer" and c.positions == "rope":
+        return "positions='rope', norm='layer', mlp='gelu', n_kv_heads=None (GPT-NeoX)"
     return "positions='rope', norm='rms' (Llama)"
 
 
@@ -275,6 +278,42 @@ def fold_for_hf(model: DecoderLM) -> tuple[str, dict[str, Any], dict[str, Tensor
             sd[p + "input_layernorm.weight"] = blk["attn_norm"][0]
             sd[p + "post_attention_layernorm.weight"] = blk["mlp_norm"][0]
         sd["model.norm.weight"] = final_norm[0]
+        sd["lm_head.weight"] = readout
+    elif architecture == "GPTNeoXForCausalLM":
+        config = {
+            **common,
+            "model_type": "gpt_neox",
+            "hidden_size": c.d_model,
+            "intermediate_size": c.d_ff,
+            "num_hidden_layers": c.n_layers,
+            "num_attention_heads": c.n_heads,
+            "hidden_act": "gelu",
+            "max_position_embeddings": c.max_seq_len,
+            "layer_norm_eps": eps,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 1.0,
+            },
+            "use_parallel_residual": False,
+            "attention_bias": False,
+        }
+        sd["gpt_neox.embed_in.weight"] = tokens
+        for i, blk in enumerate(blocks):
+            p = f"gpt_neox.layers.{i}."
+            # The fused projection holds [q, k, v] of one head after another.
+            q, k = (_rope_halves(blk[n], c.n_heads, c.d_head) for n in ("q", "k"))
+            qkv = torch.stack([t.view(c.n_heads, c.d_head, -1) for t in (q, k, blk["v"])], 1)
+            sd[p + "attention.query_key_value.weight"] = qkv.reshape(3 * c.d_model, -1)
+            sd[p + "attention.dense.weight"] = blk["o"]
+            sd[p + "mlp.dense_h_to_4h.weight"] = blk["mlp_gate"]
+            sd[p + "mlp.dense_h_to_4h.bias"] = torch.zeros(c.d_ff)
+            sd[p + "mlp.dense_4h_to_h.weight"] = blk["mlp_down"]
+            sd[p + "mlp.dense_4h_to_h.bias"] = torch.zeros(c.d_model)
+            sd[p + "input_layernorm.weight"], sd[p + "input_layernorm.bias"] = blk["attn_norm"]
+            ln2 = p + "post_attention_layernorm."
+            sd[ln2 + "weight"], sd[ln2 + "bias"] = blk["mlp_norm"]
+        sd["gpt_neox.final_layer_norm.weight"], sd["gpt_neox.final_layer_norm.bias"] = final_norm
         sd["lm_head.weight"] = readout
     else:
         config = {
