@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lit_unitscale.models.attention import KVCache
 from lit_unitscale.models.config import TransformerConfig
 from lit_unitscale.models.stack import TransformerStack, make_norm
 from lit_unitscale.models.transformer import Decoder, Encoder, EncoderDecoder
@@ -82,8 +83,14 @@ class DecoderLM(_WithHead):
         tied = self.decoder.embed.tokens if config.tie_embeddings else None
         self.head = _Readout(config, config.vocab_size, tied)
 
-    def forward(self, input_ids: Tensor) -> Tensor:
-        return self.head(self.decoder(input_ids))
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> Tensor:
+        """``attention_mask`` (False: left padding) and ``cache``: see :class:`KVCache`."""
+        return self.head(self.decoder(input_ids, attention_mask, cache))
 
 
 class EncoderMLM(_WithHead):
@@ -138,9 +145,14 @@ class Seq2SeqLM(_WithHead):
         return self.model.encode(input_ids, attention_mask)
 
     def decode_logits(
-        self, decoder_input_ids: Tensor, memory: Tensor, memory_mask: Tensor | None = None
+        self,
+        decoder_input_ids: Tensor,
+        memory: Tensor,
+        memory_mask: Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> Tensor:
-        return self.head(self.model.decode(decoder_input_ids, memory, memory_mask))
+        """``cache``: decode incrementally (see :class:`KVCache`)."""
+        return self.head(self.model.decode(decoder_input_ids, memory, memory_mask, cache=cache))
 
 
 class SequenceClassifier(_WithHead):

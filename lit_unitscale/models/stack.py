@@ -7,9 +7,10 @@ stream keeps unit scale at any depth. Under ``sp`` the same code is a plain pre-
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
-from lit_unitscale.models.attention import Attention
+from lit_unitscale.models.attention import Attention, KVCache
 from lit_unitscale.models.config import TransformerConfig
 from lit_unitscale.models.positions import RelativePositionBias, RotaryEmbedding
 from lit_unitscale.unit import LayerNorm, Linear, RMSNorm, UnitModule, set_depth
@@ -125,12 +126,21 @@ class Block(UnitModule):
         memory: Tensor | None = None,
         memory_mask: Tensor | None = None,
         rope: RotaryEmbedding | None = None,
+        cache: KVCache | None = None,
     ) -> Tensor:
         taus = iter(self.taus)
-        x = self._branch(x, next(taus), self.attn_norm, self.attn, mask=mask, rope=rope)
+        x = self._branch(
+            x, next(taus), self.attn_norm, self.attn, mask=mask, rope=rope, cache=cache
+        )
         if self.cross is not None:
             x = self._branch(
-                x, next(taus), self.cross_norm, self.cross, memory=memory, mask=memory_mask
+                x,
+                next(taus),
+                self.cross_norm,
+                self.cross,
+                memory=memory,
+                mask=memory_mask,
+                cache=cache,
             )
         return self._branch(x, next(taus), self.mlp_norm, self.mlp)
 
@@ -191,10 +201,14 @@ class TransformerStack(UnitModule):
         key_mask: Tensor | None = None,
         memory: Tensor | None = None,
         memory_key_mask: Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> Tensor:
         """``x``: (batch, length, d_model). ``key_mask``/``memory_key_mask``: (batch, length)
         bool, True for real tokens. Causal stacks ignore ``key_mask``: with right padding no real
-        query ever sees a padded key."""
+        query ever sees a padded key. With a ``cache`` (causal stacks), ``x`` holds the positions
+        after the cached ones, already recorded by ``cache.extend``; its mask applies."""
+        if cache is not None:
+            return self._cached(x, cache, memory, memory_key_mask)
         mask = None
         if key_mask is not None and not self.causal:
             mask = key_mask[:, None, None, :]
@@ -206,4 +220,24 @@ class TransformerStack(UnitModule):
         mem_mask = memory_key_mask[:, None, None, :] if memory_key_mask is not None else None
         for layer in self.layers:
             x = layer(x, mask=mask, memory=memory, memory_mask=mem_mask, rope=self.rope)
+        return self.final_norm(x)
+
+    def _cached(
+        self, x: Tensor, cache: KVCache, memory: Tensor | None, memory_key_mask: Tensor | None
+    ) -> Tensor:
+        start, length = cache.offset, cache.length
+        query = torch.arange(start, length, device=x.device)[:, None]
+        key = torch.arange(length, device=x.device)[None, :]
+        # Real queries see real keys up to themselves; a padding query sees itself alone, so
+        # no row of the softmax is empty (an empty one would spread NaN through its values).
+        mask = (key <= query) & (cache.key_mask[:, None, :] | (key == query))
+        mask = mask[:, None]  # (batch, 1, new, length)
+        if self.relative is not None:
+            bias = self.relative(length, length, x.device)[:, :, start:].to(x.dtype)
+            mask = bias.masked_fill(~mask, float("-inf"))
+        mem_mask = memory_key_mask[:, None, None, :] if memory_key_mask is not None else None
+        for layer in self.layers:
+            x = layer(
+                x, mask=mask, memory=memory, memory_mask=mem_mask, rope=self.rope, cache=cache
+            )
         return self.final_norm(x)

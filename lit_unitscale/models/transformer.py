@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
+from lit_unitscale.models.attention import KVCache
 from lit_unitscale.models.config import TransformerConfig
 from lit_unitscale.models.positions import AbsolutePositions
 from lit_unitscale.models.stack import TransformerStack
@@ -34,11 +36,22 @@ class TokenEmbedding(UnitModule):
         )
         self.dropout_p = config.dropout
 
-    def forward(self, ids: Tensor, tokens: int | None = None) -> Tensor:
+    def forward(
+        self, ids: Tensor, tokens: int | None = None, positions: Tensor | None = None
+    ) -> Tensor:
         """``tokens``: lookups of these tables in the whole step, when they are read more than
-        once (an encoder-decoder with one vocabulary); None: this call's."""
+        once (an encoder-decoder with one vocabulary); None: this call's. ``positions``:
+        ``(batch, length)`` absolute position of each token (None: ``0 ...`` in every row)."""
         x = self.tokens(ids, tokens)
-        if self.positions is not None:
+        if self.positions is not None and positions is not None:
+            # Per-row positions (left-padded prompts, cached steps): the same tables, indexed.
+            table = self.positions
+            if table.kind == "learned":
+                pos = table.table(positions, tokens)
+            else:
+                pos = table.sinusoid[positions]
+            x = self.F.add(x, pos.to(x.dtype))
+        elif self.positions is not None:
             x = self.positions(x, tokens=tokens)
         return self.F.dropout(x, self.dropout_p, self.training)
 
@@ -74,8 +87,21 @@ class Decoder(UnitModule):
         self.embed = TokenEmbedding(config, config.vocab_size)
         self.stack = TransformerStack(config, causal=True)
 
-    def forward(self, input_ids: Tensor) -> Tensor:
-        return self.stack(self.embed(input_ids))
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> Tensor:
+        """``attention_mask``: (batch, length) True for real tokens, False for left padding
+        (read only with a ``cache``). ``cache``: decode incrementally, ``input_ids`` being the
+        tokens after the cached ones."""
+        if cache is None:
+            return self.stack(self.embed(input_ids))
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        positions = cache.extend(attention_mask)
+        return self.stack(self.embed(input_ids, positions=positions), cache=cache)
 
 
 class EncoderDecoder(UnitModule):
@@ -112,16 +138,23 @@ class EncoderDecoder(UnitModule):
         memory: Tensor,
         memory_mask: Tensor | None = None,
         tokens: int | None = None,
+        cache: KVCache | None = None,
     ) -> Tensor:
         """Every decoder layer's cross-attention reads ``memory``; each read carries its
         branch's backward weight (``residual_read``), so the summed gradient is valid, and one
         constant brings the sum back to unit RMS.
-        ``tokens``: lookups of the shared embedding in the whole step (None: this call's)."""
+        ``tokens``: lookups of the shared embedding in the whole step (None: this call's).
+        ``cache``: decode incrementally, ``decoder_input_ids`` being the tokens after the
+        cached ones (the memory's keys and values are computed on the first call only)."""
         embed = self.encoder.embed if self.shared_embedding else self.tgt_embed
         if self.parametrization == "umup":
             memory = self.F.scale_bwd(memory, self.decoder.memory_grad_scale)
-        x = embed(decoder_input_ids, tokens)
-        return self.decoder(x, memory=memory, memory_key_mask=memory_mask)
+        if cache is None:
+            x = embed(decoder_input_ids, tokens)
+            return self.decoder(x, memory=memory, memory_key_mask=memory_mask)
+        positions = cache.extend(torch.ones_like(decoder_input_ids, dtype=torch.bool))
+        x = embed(decoder_input_ids, tokens, positions=positions)
+        return self.decoder(x, memory=memory, memory_key_mask=memory_mask, cache=cache)
 
     def table_reads(self, input_ids: Tensor, decoder_input_ids: Tensor) -> int | None:
         """Lookups of the shared embedding in one step (None when each side has its own):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -9,6 +10,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lit_unitscale.tasks.base import UnitScaledTask
+from lit_unitscale.tasks.decoding import all_done, generate, sampler
 from lit_unitscale.tasks.evaluation import counted_labels
 
 
@@ -62,26 +64,52 @@ class CausalLM(UnitScaledTask):
 
     @torch.no_grad()
     def generate(
-        self, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0
+        self,
+        input_ids: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        attention_mask: Tensor | None = None,
+        eos_id: int | Sequence[int] = (),
+        beam_size: int = 1,
+        length_penalty: float = 0.0,
+        generator: torch.Generator | None = None,
+        cached: bool = True,
     ) -> Tensor:
-        """Sample a continuation (greedy when ``temperature`` is 0).
+        """Continue each prompt (greedy when ``temperature`` is 0, beam search with
+        ``beam_size`` > 1); returns the prompts followed by their new tokens (0 after a stop
+        token).
 
         Args:
-            input_ids: prompt, ``(batch, length)``.
-            max_new_tokens: tokens to add.
+            input_ids: prompts, ``(batch, length)``, left-padded when their lengths differ.
+            max_new_tokens: most tokens added; prompt plus new tokens fit in ``max_seq_len``.
             temperature: softmax temperature; 0 for greedy.
             top_k: sample among the k most likely tokens (0: all).
+            top_p: sample among the most likely tokens reaching this probability (1: all).
+            attention_mask: ``(batch, length)`` True for real tokens (None: no padding).
+            eos_id: stop token(s) (empty: always ``max_new_tokens``).
+            beam_size: beams (1: greedy or sampled).
+            length_penalty: beam search's length-normalisation exponent.
+            generator: random source of sampling (seed it to reproduce a sample).
+            cached: keep keys and values (False: recompute every prefix; unpadded prompts).
         """
-        ids = input_ids
-        for _ in range(max_new_tokens):
-            logits = self.model(ids[:, -self.config.max_seq_len :])[:, -1].float()
-            if temperature == 0:
-                nxt = logits.argmax(-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k:
-                    kth = logits.topk(top_k).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                nxt = torch.multinomial(logits.softmax(-1), 1)
-            ids = torch.cat([ids, nxt], dim=1)
-        return ids
+        if input_ids.shape[1] + max_new_tokens > self.config.max_seq_len:
+            raise ValueError(
+                f"generate: prompt ({input_ids.shape[1]}) + max_new_tokens ({max_new_tokens}) "
+                f"exceeds the model's max_seq_len ({self.config.max_seq_len})"
+            )
+        pick = None if beam_size > 1 else sampler(temperature, top_k, top_p, generator)
+        new = generate(
+            self.model,
+            input_ids,
+            max_new_tokens,
+            prompt_mask=attention_mask,
+            eos_id=eos_id,
+            pick=pick,
+            beam_size=beam_size,
+            length_penalty=length_penalty,
+            cached=cached,
+            stop=all_done if eos_id != () else None,
+        )
+        return torch.cat([input_ids, new], dim=1)

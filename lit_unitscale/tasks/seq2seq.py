@@ -10,7 +10,7 @@ from torchmetrics import MeanMetric
 
 from lit_unitscale.metrics import G2PErrorRates
 from lit_unitscale.tasks.base import UnitScaledTask
-from lit_unitscale.tasks.decoding import beam_search, greedy_decode
+from lit_unitscale.tasks.decoding import CachedScorer, beam_search, greedy_decode
 from lit_unitscale.tasks.evaluation import counted_labels, counted_rows
 
 
@@ -77,7 +77,11 @@ class Seq2Seq(UnitScaledTask):
 
     @torch.no_grad()
     def decode(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, beam_size: int = 1
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        beam_size: int = 1,
+        cached: bool = True,
     ) -> Tensor:
         """Decoded target ids ``(batch, <= max_decode_len)``, ``<eos>`` kept, then padding.
 
@@ -85,6 +89,8 @@ class Seq2Seq(UnitScaledTask):
             input_ids: source ids ``(batch, S)``.
             attention_mask: source mask (True = real token).
             beam_size: 1 for greedy, else beam search with this many beams.
+            cached: keep the decoder's keys and values between steps (False: recompute every
+                prefix at the full ``max_decode_len`` width, the slow reference).
         """
         bos, eos, pad = (
             self._special(n, d) for n, d in (("bos_id", 2), ("eos_id", 3), ("pad_id", 0))
@@ -96,21 +102,37 @@ class Seq2Seq(UnitScaledTask):
             if attention_mask is not None:
                 attention_mask = attention_mask.repeat_interleave(beam_size, dim=0)
 
-        # Under umup the causal attention scale depends on the sequence length, so every step
-        # runs the decoder on prefixes padded to one fixed width (causal: the padding is never
-        # attended) rather than on growing prefixes (a 1-token prefix has no defined scale).
-        width = self.max_decode_len
+        reorder = None
+        if cached:
+            step = CachedScorer(
+                lambda new, _, cache: self.model.decode_logits(
+                    new, memory, attention_mask, cache=cache
+                )
+            )
+            reorder = step.reorder
+        else:
+            width = self.max_decode_len
 
-        def step(prefix: Tensor) -> Tensor:
-            t = prefix.shape[1]
-            padded = torch.nn.functional.pad(prefix, (0, width - t), value=pad)
-            return self.model.decode_logits(padded, memory, attention_mask)[:, t - 1]
+            def step(prefix: Tensor) -> Tensor:
+                # Every prefix padded to one width (causal: the padding is never attended).
+                t = prefix.shape[1]
+                padded = torch.nn.functional.pad(prefix, (0, width - t), value=pad)
+                return self.model.decode_logits(padded, memory, attention_mask)[:, t - 1]
 
         common = {"device": input_ids.device, "stop": self._stop_decoding}
         if beam_size == 1:
             return greedy_decode(step, B, bos, eos, pad, self.max_decode_len, **common)
         ids, _ = beam_search(
-            step, B, bos, eos, pad, self.max_decode_len, beam_size, self.length_penalty, **common
+            step,
+            B,
+            bos,
+            eos,
+            pad,
+            self.max_decode_len,
+            beam_size,
+            self.length_penalty,
+            reorder=reorder,
+            **common,
         )
         return ids
 
