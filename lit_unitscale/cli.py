@@ -21,6 +21,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "sweep": ("lit_unitscale.tools.sweep", "learning-rate x width grid and scaling-law fit"),
     "export": ("lit_unitscale.tools.export", "checkpoint -> model.safetensors + config.json"),
     "dashboard": ("lit_unitscale.tools.dashboard", "push the W&B scale workspace"),
+    "generate": ("lit_unitscale.tools.generate", "continue prompts with a trained decoder"),
 }
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
