@@ -354,6 +354,7 @@ def render_html(
         ".controls label{margin-right:10px} #step{width:420px;vertical-align:middle}"
         ".swatch{display:inline-block;width:12px;height:12px;margin:0 3px 0 10px}"
         ".legend{font-size:12px} .hist-row{white-space:nowrap} #non-finite{color:#b00}"
+        ".gap{display:inline-block;width:274px}"
         "</style></head><body>"
         "<h1>Scales</h1><div class='controls'>"
         "<label>step <input type='range' id='step' min='0' step='1'> "

@@ -253,7 +253,13 @@
       row.className = "hist-row";
       grid.appendChild(row);
       for (const tensor of tensors) {
-        if (!records.some((r) => entry(r, layer, tensor))) continue;
+        if (!records.some((r) => entry(r, layer, tensor))) {
+          // A tensor the layer never has (a norm without weights) keeps its column empty.
+          const gap = document.createElement("span");
+          gap.className = "gap";
+          row.appendChild(gap);
+          continue;
+        }
         const c = canvas(row, 270, 130, "hist");
         c.dataset.layer = layer; c.dataset.tensor = tensor;
         drawHistogram(c, layer, tensor, record);

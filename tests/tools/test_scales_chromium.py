@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from lit_unitscale.callbacks import ScaleMonitor
 from lit_unitscale.tools import scales
+from tests.callbacks.conftest import make_trainer
+from tests.callbacks.tiny import tiny_loader, tiny_task
 
 from .scales_records import LAYERS, TENSORS, write_run
 
@@ -150,3 +153,29 @@ def test_records_without_histograms_render_rms_only(chromium, tmp_path):
     assert _pixels(image, profile) > 2000
     for c in (c for c in canvases if c.get("class") == "curve"):
         assert int(c["data-points"]) == 2 * len(LAYERS) and _pixels(image, c) > 500
+
+
+def test_a_real_tiny_run_renders_what_its_monitor_recorded(chromium, tmp_path):
+    trainer = make_trainer(tmp_path, [ScaleMonitor(every_n_steps=1)], max_steps=3)
+    trainer.fit(tiny_task(), tiny_loader())
+    records = scales.load_records(tmp_path)
+    assert [r["step"] for r in records] == [0, 1, 2]
+    assert scales.main([str(tmp_path), "--out", str(tmp_path / "scales.html")]) == 0
+    dom, image = _open(chromium, tmp_path / "scales.html", "", tmp_path / "shot.png")
+    assert 'data-rendered="ok"' in dom and 'data-step="2"' in dom
+    canvases = _canvases(dom)
+    recorded = {(layer, t): v for layer, ts in records[-1]["layers"].items() for t, v in ts.items()}
+    hists = {(c["data-layer"], c["data-tensor"]): c for c in canvases if c.get("class") == "hist"}
+    assert hists.keys() == recorded.keys()
+    for key, values in recorded.items():
+        if "log2_hist" in values:  # written by monitors that keep histograms
+            want = sum(1 for n in values["log2_hist"]["counts"] if n > 0)
+            assert hists[key]["data-bars"] == str(want)
+            assert _pixels(image, hists[key], COLOURS[key[1]]) > 0, key
+        else:
+            assert hists[key]["data-bars"] == "0"
+    (profile,) = [c for c in canvases if c.get("id") == "profile"]
+    assert profile["data-rows"] == str(len(recorded))
+    for c in (c for c in canvases if c.get("class") == "curve"):
+        kind = sum(1 for layer, t in recorded if t == c["data-tensor"])
+        assert int(c["data-points"]) == 3 * kind and _pixels(image, c) > 100
