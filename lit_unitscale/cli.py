@@ -19,7 +19,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "scales": ("lit_unitscale.tools.scales", "offline scale dashboard from a run's scales.jsonl"),
     "coord-check": ("lit_unitscale.tools.coord_check", "activation RMS vs width, umup beside sp"),
     "sweep": ("lit_unitscale.tools.sweep", "learning-rate x width grid and scaling-law fit"),
-    "export": ("lit_unitscale.tools.export", "checkpoint -> model.safetensors + config.json"),
+    "export": ("lit_unitscale.tools.export", "checkpoint -> native or transformers folder"),
     "dashboard": ("lit_unitscale.tools.dashboard", "push the W&B scale workspace"),
     "generate": ("lit_unitscale.tools.generate", "continue prompts with a trained decoder"),
 }
