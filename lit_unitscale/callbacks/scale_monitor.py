@@ -20,8 +20,14 @@ import torch
 from torch import Tensor
 
 from lit_unitscale.callbacks.scale_recorder import TENSORS, Key, ScaleRecorder
-from lit_unitscale.callbacks.scale_stats import resolve_formats, summarise, summary_fields
-from lit_unitscale.callbacks.scale_wandb import log_profile
+from lit_unitscale.callbacks.scale_stats import (
+    HIST_MIN_EXP,
+    histogram,
+    resolve_formats,
+    summarise,
+    summary_fields,
+)
+from lit_unitscale.callbacks.scale_wandb import HIST_STAT, log_histograms, log_profile
 
 log = logging.getLogger(__name__)
 
@@ -33,29 +39,42 @@ class ScaleMonitor(L.Callback):
 
     Layers (``embed``, ``block<i>``, ``final_norm``, ``head``) are found by module type and
     role; tensors are ``act``, ``act_grad``, ``weight``, ``weight_grad`` (before clipping) and
-    ``update``; stats are ``rms`` and ``underflow_<fmt>``/``overflow_<fmt>`` fractions. When a
+    ``update``; stats are ``rms`` and ``underflow_<fmt>``/``overflow_<fmt>`` fractions, and
+    scales.jsonl also holds each tensor's ``log2_hist`` (``{"min_exp", "counts", "zeros"}``,
+    see :mod:`lit_unitscale.callbacks.scale_stats`). When a
     monitored tensor holds inf/NaN, ``first_non_finite`` names the layer and tensor that went
     non-finite first in that step and a warning is logged.
 
     Args:
-        every_n_steps: monitor every N optimizer steps (step 0 included); at 100 the cost is
-            about 2 % of training time on the ptb-small recipe (see docs/scales.md).
-        formats: FP8 formats whose underflow/overflow fractions are reported.
+        every_n_steps: monitor every N optimizer steps (step 0 included); a monitor step costs
+            a fraction of a training step on the ptb-small recipe (see docs/scales.md).
+        formats: formats whose underflow/overflow fractions are reported (``e4m3``, ``e5m2``,
+            ``fp16``).
         jsonl: append one JSON line per monitor step to ``scales.jsonl`` in the run directory.
         tensors: tensor kinds to record (default: all five).
         wandb_table: also log the ``scales/profile`` table when a WandbLogger is attached.
+        wandb_histograms: also log each tensor's ``log2 |x|`` histogram as a
+            ``wandb.Histogram`` when a WandbLogger is attached.
+        max_elements: per rank, tensors with more elements than this are sampled (seeded,
+            unbiased; one element per block); None: every element, exact.
+        seed: seed of the sampling.
     """
 
     def __init__(
         self,
         every_n_steps: int = 100,
-        formats: Sequence[str] = ("e4m3", "e5m2"),
+        formats: Sequence[str] = ("e4m3", "e5m2", "fp16"),
         jsonl: bool = True,
         tensors: Sequence[str] = TENSORS,
         wandb_table: bool = True,
+        wandb_histograms: bool = True,
+        max_elements: int | None = 1 << 18,
+        seed: int = 0,
     ) -> None:
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        if max_elements is not None and max_elements < 1:
+            raise ValueError(f"max_elements must be >= 1 or null, got {max_elements}")
         unknown = sorted(set(tensors) - set(TENSORS))
         if unknown:
             raise ValueError(f"unknown tensors {unknown}; choose from {list(TENSORS)}")
@@ -64,6 +83,9 @@ class ScaleMonitor(L.Callback):
         self.jsonl = jsonl
         self.tensors = tuple(tensors)
         self.wandb_table = wandb_table
+        self.wandb_histograms = wandb_histograms
+        self.max_elements = max_elements
+        self.seed = seed
         self.recorder: ScaleRecorder | None = None
         self.run_dir: Path | None = None
         self.last: dict[str, Any] | None = None  # the latest monitor step, as in scales.jsonl
@@ -91,7 +113,9 @@ class ScaleMonitor(L.Callback):
             # The statistics meet on the device the all-reduce runs on, whatever device a
             # tensor's local part lives on (ZeRO offload keeps partitions in host memory).
             device = pl_module.trainer.strategy.root_device if pl_module._trainer else None
-            self.recorder = ScaleRecorder(pl_module, self.formats, self.tensors, device)
+            self.recorder = ScaleRecorder(
+                pl_module, self.formats, self.tensors, device, self.max_elements, self.seed
+            )
         except ValueError:
             return  # model not built yet
         self.recorder.attach()
@@ -162,16 +186,23 @@ class ScaleMonitor(L.Callback):
         recorder.active = False
         stats = _all_reduce_sum(stats)
         summary = summarise(stats, self.formats)
-        rows = torch.cat([summary, stats[:, 1:2]], dim=1).tolist()  # the one host sync
+        zeros, hist = histogram(stats, self.formats)
         names = summary_fields(self.formats)
-        layers: dict[str, dict[str, dict[str, float]]] = {}
+        rows = torch.cat([summary, stats[:, 1:2], zeros[:, None], hist], dim=1).tolist()  # the sync
+        layers: dict[str, dict[str, dict[str, Any]]] = {}
         bad: set[Key] = set()
         for key, row in zip(keys, rows, strict=True):
-            if row[-1] == 0:  # nothing seen (e.g. a layer without parameters)
+            count, counts = row[len(names)], row[len(names) + 1 :]
+            if count == 0:  # nothing seen (e.g. a layer without parameters)
                 continue
-            values = dict(zip(names, row[:-1], strict=True))
+            values: dict[str, Any] = dict(zip(names, row[: len(names)], strict=True))
             if values.pop("nonfinite") > 0 or not math.isfinite(values["rms"]):
                 bad.add(key)
+            values[HIST_STAT] = {
+                "min_exp": HIST_MIN_EXP,
+                "counts": [round(c) for c in counts[1:]],
+                "zeros": round(counts[0]),
+            }
             layers.setdefault(key[0], {})[key[1]] = values
         first = next((k for k in order if k in bad), None) or next(iter(sorted(bad)), None)
         record = {
@@ -196,11 +227,14 @@ class ScaleMonitor(L.Callback):
             for layer, tensors in layers.items()
             for tensor, values in tensors.items()
             for stat, value in values.items()
+            if stat != HIST_STAT
         }
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
         if self.wandb_table:
             log_profile(trainer.loggers, step, layers, self.formats)
+        if self.wandb_histograms:
+            log_histograms(trainer.loggers, step, layers)
         if self.jsonl and self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             with open(self.run_dir / JSONL_NAME, "a") as f:

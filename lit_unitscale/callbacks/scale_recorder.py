@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_unitscale.callbacks.scale_layers import find_layers
-from lit_unitscale.callbacks.scale_stats import local_grad, local_tensor, tensor_stats
+from lit_unitscale.callbacks.scale_stats import local_grad, local_tensor, tensor_stats, width
 from lit_unitscale.unit import named_param_specs
 from lit_unitscale.unit.fp8 import FP8Format
 
@@ -44,6 +44,9 @@ class ScaleRecorder:
         device: where every statistics vector is kept, stacked and reduced: the device of
             the collective (the module's compute device). None: the device of the tensors,
             which must then all share one.
+        max_elements: sample tensors with more elements than this (one element drawn per
+            block, unbiased; see :mod:`lit_unitscale.callbacks.scale_stats`); None: exact.
+        seed: seed of the sampling generators (one per device, apart from the global one).
     """
 
     def __init__(
@@ -52,8 +55,13 @@ class ScaleRecorder:
         formats: Sequence[FP8Format],
         tensors: Iterable[str] = TENSORS,
         device: torch.device | str | None = None,
+        max_elements: int | None = None,
+        seed: int = 0,
     ) -> None:
         self.formats = tuple(formats)
+        self.max_elements = max_elements
+        self.seed = seed
+        self._generators: dict[torch.device, torch.Generator] = {}
         self.device = None if device is None else torch.device(device)
         self.tensors = tuple(t for t in TENSORS if t in set(tensors))
         self.layers = find_layers(root)
@@ -108,12 +116,22 @@ class ScaleRecorder:
     # -- recording ----------------------------------------------------------------------
     def add(self, key: Key, x: Tensor) -> None:
         """Add the statistics of ``x`` to ``key`` (sums accumulate over micro-batches)."""
-        s = tensor_stats(x, self.formats, self.device)
+        s = self._stats(x)
         if key in self.stats:
             self.stats[key] = self.stats[key] + s
         else:
             self.stats[key] = s
             self.events.append(key)
+
+    def _stats(self, x: Tensor) -> Tensor:
+        local = local_tensor(x)
+        if self.max_elements is None or local.numel() <= self.max_elements:
+            return tensor_stats(local, self.formats, self.device)
+        gen = self._generators.get(local.device)
+        if gen is None:
+            gen = torch.Generator(device=local.device).manual_seed(self.seed)
+            self._generators[local.device] = gen
+        return tensor_stats(local, self.formats, self.device, self.max_elements, gen)
 
     def _params(self, module: nn.Module) -> list[nn.Parameter]:
         return [p for _, p, _ in named_param_specs(module)]
@@ -155,7 +173,7 @@ class ScaleRecorder:
 
     def _add_sum(self, key: Key, tensors: list[Tensor]) -> None:
         # A layer's weight statistic covers all its role-carrying parameters together.
-        total = torch.stack([tensor_stats(t, self.formats, self.device) for t in tensors]).sum(0)
+        total = torch.stack([self._stats(t) for t in tensors]).sum(0)
         if key in self.stats:
             self.stats[key] = self.stats[key] + total
         else:
@@ -169,9 +187,8 @@ class ScaleRecorder:
     def collect(self) -> Tensor:
         """All statistics as one ``(len(keys()), fields)`` tensor (zeros where nothing was
         recorded), then reset for the next monitor step."""
-        width = 3 + 2 * len(self.formats)
         device = self.device or next((s.device for s in self.stats.values()), torch.device("cpu"))
-        zero = torch.zeros(width, device=device)
+        zero = torch.zeros(width(self.formats), dtype=torch.float64, device=device)
         out = torch.stack([self.stats.get(k, zero) for k in self.keys()])
         self.stats = {}
         return out

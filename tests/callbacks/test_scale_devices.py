@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lit_unitscale.callbacks.scale_recorder import ScaleRecorder
-from lit_unitscale.callbacks.scale_stats import resolve_formats, tensor_stats
+from lit_unitscale.callbacks.scale_stats import resolve_formats, tensor_stats, width
 from lit_unitscale.models import DecoderLM, TransformerConfig
 from lit_unitscale.unit import named_param_specs
 
@@ -43,7 +43,7 @@ def test_host_partitions_and_device_activations_stack_on_the_collective_device()
     model = _offloaded_model()
     stats = _record(ScaleRecorder(model, FORMATS, device="meta"), model)
     assert stats.device.type == "meta"
-    assert stats.shape == (len(ScaleRecorder(model, FORMATS).keys()), 3 + 2 * len(FORMATS))
+    assert stats.shape == (len(ScaleRecorder(model, FORMATS).keys()), width(FORMATS))
 
 
 def test_without_a_device_the_mix_is_caught() -> None:

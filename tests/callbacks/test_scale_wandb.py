@@ -1,14 +1,14 @@
-"""W&B: scale metrics and the profile table in an offline run, read back from disk with
-`wandb leet inspect --json`; the scales workspace spec built offline."""
+"""W&B: scale metrics, the log2 histograms and the profile table in an offline run, read back
+from disk with `wandb leet inspect --json`; the scales workspace spec built offline."""
 
 import json
 import shutil
 import subprocess
 
 import pytest
+
 from lit_unitscale.callbacks import ScaleMonitor
 from lit_unitscale.callbacks.scale_wandb import PROFILE_KEY
-
 from lit_unitscale.tools import dashboard
 
 from .tiny import tiny_loader, tiny_task
@@ -54,7 +54,28 @@ def test_offline_run_holds_the_jsonl_values(trainer_factory, tmp_path, monkeypat
             for tensor, values in tensors.items():
                 for stat, value in values.items():
                     key = f"scales/{layer}/{tensor}/{stat}"
+                    if stat == "log2_hist":
+                        continue
                     assert rows[0][key] == pytest.approx(value, rel=1e-12, abs=0), key
+        # Every tensor's log2 histogram, one series per layer and tensor, counts as in the jsonl.
+        hists = [
+            h
+            for h in history
+            if h.get("trainer/global_step") == record["step"]
+            and "scales/block0/act/log2_hist._type" in h
+        ]
+        assert len(hists) == 1, record["step"]
+        n_hist = 0
+        for layer, tensors in record["layers"].items():
+            for tensor, values in tensors.items():
+                key, hist = f"scales/{layer}/{tensor}/log2_hist", values["log2_hist"]
+                assert hists[0][f"{key}._type"] == "histogram"
+                assert hists[0][f"{key}.values"] == hist["counts"], key
+                n = len(hist["counts"])
+                edges = list(range(hist["min_exp"], hist["min_exp"] + n + 1))
+                assert hists[0][f"{key}.bins"] == edges
+                n_hist += 1
+        assert n_hist == sum(len(t) for t in record["layers"].values()) > 0
         # The table is stored as a file; the history row holds its flattened reference.
         tables = [
             h
