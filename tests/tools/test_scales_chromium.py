@@ -1,13 +1,19 @@
-"""The HTML scales dashboard in real headless Chromium (Debian's package): it renders without
-script errors, its plots hold drawn pixels, and the step and layer filter change what it shows."""
+"""The HTML scales dashboard in real headless Chromium (Debian's package), driven over the
+DevTools protocol: it renders without script errors, its plots hold drawn pixels, and moving
+the step slider or unticking layers changes what it shows."""
 
 from __future__ import annotations
 
+import base64
+import fcntl
+import io
+import json
 import os
-import re
 import shutil
 import subprocess
-from pathlib import Path
+import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -27,6 +33,10 @@ COLOURS = {  # bar colours of the dashboard's histograms, as RGB
     "update": (0x2C, 0xA0, 0x2C),
 }
 BACKGROUND = {(255, 255, 255), (0xEE, 0xEE, 0xEE), (0xE6, 0xDC, 0xF5)}  # page and range bands
+CANVASES = (
+    "JSON.stringify([...document.querySelectorAll('canvas')]"
+    ".map((c) => ({id: c.id, cls: c.className, ...c.dataset})))"
+)
 
 
 @pytest.fixture(scope="session")
@@ -46,46 +56,119 @@ def chromium() -> str:
     return shutil.which("chromium") or pytest.skip("apt-get installed no chromium binary")
 
 
-def _chromium(binary: str, url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [binary, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         f"--window-size={WINDOW}", "--enable-logging=stderr", "--v=0", *args, url],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )  # fmt: skip
+class Browser:
+    """Headless Chromium spoken to over ``--remote-debugging-pipe`` (file descriptors 3 and 4,
+    messages ended by NUL), so no port and no websocket library are needed."""
+
+    def __init__(self, binary: str):
+        to_child, from_parent = os.pipe()
+        from_child, to_parent = os.pipe()
+
+        def wire() -> None:
+            # Copy above 10 first: either end may itself be 3 or 4.
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_child, to_parent)]
+            os.dup2(high[0], 3)
+            os.dup2(high[1], 4)
+
+        self.proc = subprocess.Popen(
+            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             f"--window-size={WINDOW}", "--remote-debugging-pipe", "about:blank"],
+            pass_fds=(3, 4),
+            preexec_fn=wire,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        os.close(to_child)
+        os.close(to_parent)
+        self.out, self.inp = from_parent, from_child
+        self.buffer, self.last_id, self.events = b"", 0, []
+
+    def _message(self) -> dict[str, Any]:
+        while b"\0" not in self.buffer:
+            chunk = os.read(self.inp, 1 << 16)
+            assert chunk, "chromium closed the DevTools pipe"
+            self.buffer += chunk
+        message, self.buffer = self.buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def send(self, method: str, session: str | None = None, **params: Any) -> dict[str, Any]:
+        """Call ``method``; events that arrive meanwhile are kept in :attr:`events`."""
+        self.last_id += 1
+        message = {"id": self.last_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        os.write(self.out, json.dumps(message).encode() + b"\0")
+        while True:
+            reply = self._message()
+            if reply.get("id") == self.last_id:
+                assert "error" not in reply, (method, reply["error"])
+                return reply["result"]
+            self.events.append(reply)
+
+    def open(self, url: str) -> Page:
+        target = self.send("Target.createTarget", url="about:blank")["targetId"]
+        session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        for domain in ("Runtime", "Log", "Page"):
+            self.send(f"{domain}.enable", session)
+        self.send("Page.navigate", session, url=url)
+        page = Page(self, session)
+        deadline = time.monotonic() + 60
+        while page.eval("document.body && document.body.dataset.rendered") != "ok":
+            assert not page.errors(), page.errors()
+            assert time.monotonic() < deadline, "the dashboard did not finish rendering"
+            time.sleep(0.05)
+        return page
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        os.close(self.out)
+        os.close(self.inp)
 
 
-def _open(binary: str, page: Path, view: str, shot: Path) -> tuple[str, object]:
-    """The page's DOM after its scripts ran and a screenshot of the same view; asserts the
-    console stayed silent (an uncaught error is logged there).
+class Page:
+    """One tab of :class:`Browser`."""
 
-    Args:
-        binary: chromium.
-        page: the dashboard file.
-        view: the address fragment (``step=..&layers=..``).
-        shot: where the screenshot goes.
-    """
-    from PIL import Image
+    def __init__(self, browser: Browser, session: str):
+        self.browser, self.session = browser, session
 
-    url = f"{page.as_uri()}#{view}"
-    dom = _chromium(binary, url, "--dump-dom")
-    console = [line for line in dom.stderr.splitlines() if ":CONSOLE" in line]
-    assert console == [], console
-    _chromium(binary, url, f"--screenshot={shot}")
-    return dom.stdout, Image.open(shot).convert("RGB")
+    def eval(self, expression: str) -> Any:
+        result = self.browser.send(
+            "Runtime.evaluate", self.session, expression=expression, returnByValue=True
+        )
+        assert "exceptionDetails" not in result, result["exceptionDetails"]
+        return result["result"].get("value")
+
+    def canvases(self) -> list[dict[str, str]]:
+        return json.loads(self.eval(CANVASES))
+
+    def screenshot(self):
+        from PIL import Image
+
+        data = self.browser.send("Page.captureScreenshot", self.session, format="png")["data"]
+        return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
+
+    def errors(self) -> list[dict[str, Any]]:
+        """Uncaught exceptions, console messages and browser log entries of this tab (the page
+        itself logs nothing, so any is a failure)."""
+        kinds = ("Runtime.exceptionThrown", "Runtime.consoleAPICalled", "Log.entryAdded")
+        return [
+            e
+            for e in self.browser.events
+            if e.get("sessionId") == self.session and e.get("method") in kinds
+        ]
 
 
-def _canvases(dom: str) -> list[dict[str, str]]:
-    found = []
-    for tag in re.findall(r"<canvas [^>]*>", dom):
-        found.append(dict(re.findall(r'([\w-]+)="([^"]*)"', tag)))
-    return found
+@pytest.fixture(scope="module")
+def browser(chromium) -> Iterator[Browser]:
+    b = Browser(chromium)
+    yield b
+    b.close()
 
 
 def _crop(image, canvas: dict[str, str]):
-    x, y, w, h = (int(v) for v in canvas["data-box"].split(","))
+    x, y, w, h = (int(v) for v in canvas["box"].split(","))
+    assert x + w <= image.width and y + h <= image.height, "plot outside the screenshot"
     return image.crop((x, y, x + w, y + h))
 
 
@@ -104,78 +187,104 @@ def _centre(image, canvas: dict[str, str], colour: tuple[int, int, int]) -> floa
     return sum(xs) / len(xs)
 
 
-def test_dashboard_renders_histograms_and_curves(chromium, tmp_path):
+def _by_kind(canvases: list[dict[str, str]]) -> tuple[dict, list, dict]:
+    hists = {(c["layer"], c["tensor"]): c for c in canvases if c["cls"] == "hist"}
+    curves = [c for c in canvases if c["cls"] == "curve"]
+    (profile,) = [c for c in canvases if c["id"] == "profile"]
+    return hists, curves, profile
+
+
+def test_slider_and_layer_filter_redraw_histograms_and_curves(browser, tmp_path):
     run = write_run(tmp_path, [0, 10, 20, 30])
     assert scales.main([str(run)]) == 0
-    page = run / "scales.html"
-    dom, image = _open(chromium, page, "", tmp_path / "last.png")
-    assert 'data-rendered="ok"' in dom and 'data-step="30"' in dom
-    canvases = _canvases(dom)
-    hists = [c for c in canvases if c.get("class") == "hist"]
-    assert {(c["data-layer"], c["data-tensor"]) for c in hists} == {
-        (layer, tensor) for layer in LAYERS for tensor in TENSORS
-    }
-    for c in hists:
+    page = browser.open((run / "scales.html").as_uri())
+    assert page.eval("document.body.dataset.step") == "30"
+    image = page.screenshot()
+    hists, curves, profile = _by_kind(page.canvases())
+    assert hists.keys() == {(layer, tensor) for layer in LAYERS for tensor in TENSORS}
+    for (_, tensor), c in hists.items():
         # A Gaussian of 4,096 elements spans some ten powers of two; each bar is >= 10 px high.
-        assert int(c["data-bars"]) >= 8, c
-        assert _pixels(image, c, COLOURS[c["data-tensor"]]) > 150, c
-    curves = [c for c in canvases if c.get("class") == "curve"]
+        assert int(c["bars"]) >= 8, c
+        assert _pixels(image, c, COLOURS[tensor]) > 150, c
     assert len(curves) == len(TENSORS)
     for c in curves:
-        assert int(c["data-points"]) == 4 * len(LAYERS)
+        assert int(c["points"]) == 4 * len(LAYERS)
         assert _pixels(image, c) > 1000, c  # five coloured 2-px lines across the plot
-    (profile,) = [c for c in canvases if c.get("id") == "profile"]
-    assert profile["data-rows"] == str(len(LAYERS) * len(TENSORS))
+    assert profile["rows"] == str(len(LAYERS) * len(TENSORS))
     assert _pixels(image, profile) > 2000
-    assert "<td>head</td><td>act_grad</td>" in dom  # the values table of the step
+    assert "<td>head</td><td>act_grad</td>" in page.eval(
+        "document.getElementById('values').innerHTML"
+    )
 
-    # Another step and two layers: fewer plots, and the drifting gradient's bars move.
-    dom0, image0 = _open(chromium, page, "step=0&layers=block1,head", tmp_path / "first.png")
-    assert 'data-step="0"' in dom0
-    hists0 = [c for c in _canvases(dom0) if c.get("class") == "hist"]
-    assert {c["data-layer"] for c in hists0} == {"block1", "head"}
-    (grad0,) = [c for c in hists0 if (c["data-layer"], c["data-tensor"]) == ("head", "act_grad")]
-    (grad30,) = [c for c in hists if (c["data-layer"], c["data-tensor"]) == ("head", "act_grad")]
-    colour, width = COLOURS["act_grad"], int(grad30["data-box"].split(",")[2])
-    # head's gradient RMS falls by 2^-24 from step 0 to 30 (0.8 per step): its histogram moves
-    # left by about 24 of the axis' ~60 powers of two, i.e. over a quarter of the plot's width.
-    assert _centre(image0, grad0, colour) - _centre(image, grad30, colour) > 0.25 * width
+    # Slide to the first step: head's gradient RMS is 2^24 larger there (it falls 0.8 powers
+    # of two per step), so its bars move right by ~24 of the axis' ~60 powers of two.
+    page.eval("const s = document.getElementById('step'); s.value = '0';"
+              "s.dispatchEvent(new Event('input'))")  # fmt: skip
+    assert page.eval("document.body.dataset.step") == "0"
+    assert page.eval("location.hash").startswith("#step=0&")
+    image0 = page.screenshot()
+    hists0, _, _ = _by_kind(page.canvases())
+    key, colour = ("head", "act_grad"), COLOURS["act_grad"]
+    width = int(hists[key]["box"].split(",")[2])
+    assert _centre(image0, hists0[key], colour) - _centre(image, hists[key], colour) > 0.25 * width
+
+    # Untick two layers: their histograms, profile rows, curves and table rows go.
+    page.eval("for (const b of document.querySelectorAll('#layers input'))"
+              "  if (['embed', 'block0'].includes(b.value)) b.click()")  # fmt: skip
+    hists1, curves1, profile1 = _by_kind(page.canvases())
+    assert {layer for layer, _ in hists1} == {"block1", "final_norm", "head"}
+    assert profile1["rows"] == str(3 * len(TENSORS))
+    assert all(int(c["points"]) == 4 * 3 for c in curves1)
+    assert "<td>embed</td>" not in page.eval("document.getElementById('values').innerHTML")
+    assert page.errors() == []
 
 
-def test_records_without_histograms_render_rms_only(chromium, tmp_path):
+def test_the_address_opens_a_view(browser, tmp_path):
+    run = write_run(tmp_path, [0, 10, 20])
+    assert scales.main([str(run)]) == 0
+    page = browser.open((run / "scales.html").as_uri() + "#step=10&layers=head")
+    assert page.eval("document.body.dataset.step") == "10"
+    assert page.eval("document.getElementById('step').value") == "1"
+    hists, _, profile = _by_kind(page.canvases())
+    assert {layer for layer, _ in hists} == {"head"} and profile["rows"] == str(len(TENSORS))
+    assert page.errors() == []
+
+
+def test_records_without_histograms_render_rms_only(browser, tmp_path):
     run = write_run(tmp_path, [0, 10], histograms=False)
     assert scales.main([str(run)]) == 0
-    dom, image = _open(chromium, run / "scales.html", "", tmp_path / "shot.png")
-    assert 'data-rendered="ok"' in dom
-    canvases = _canvases(dom)
-    assert all(c["data-bars"] == "0" for c in canvases if c.get("class") == "hist")
-    (profile,) = [c for c in canvases if c.get("id") == "profile"]
+    page = browser.open((run / "scales.html").as_uri())
+    image = page.screenshot()
+    hists, curves, profile = _by_kind(page.canvases())
+    assert len(hists) == len(LAYERS) * len(TENSORS)
+    assert all(c["bars"] == "0" for c in hists.values())
     assert _pixels(image, profile) > 2000
-    for c in (c for c in canvases if c.get("class") == "curve"):
-        assert int(c["data-points"]) == 2 * len(LAYERS) and _pixels(image, c) > 500
+    for c in curves:
+        assert int(c["points"]) == 2 * len(LAYERS) and _pixels(image, c) > 500
+    assert page.errors() == []
 
 
-def test_a_real_tiny_run_renders_what_its_monitor_recorded(chromium, tmp_path):
+def test_a_real_tiny_run_renders_what_its_monitor_recorded(browser, tmp_path):
     trainer = make_trainer(tmp_path, [ScaleMonitor(every_n_steps=1)], max_steps=3)
     trainer.fit(tiny_task(), tiny_loader())
     records = scales.load_records(tmp_path)
     assert [r["step"] for r in records] == [0, 1, 2]
     assert scales.main([str(tmp_path), "--out", str(tmp_path / "scales.html")]) == 0
-    dom, image = _open(chromium, tmp_path / "scales.html", "", tmp_path / "shot.png")
-    assert 'data-rendered="ok"' in dom and 'data-step="2"' in dom
-    canvases = _canvases(dom)
+    page = browser.open((tmp_path / "scales.html").as_uri())
+    assert page.eval("document.body.dataset.step") == "2"
+    image = page.screenshot()
+    hists, curves, profile = _by_kind(page.canvases())
     recorded = {(layer, t): v for layer, ts in records[-1]["layers"].items() for t, v in ts.items()}
-    hists = {(c["data-layer"], c["data-tensor"]): c for c in canvases if c.get("class") == "hist"}
     assert hists.keys() == recorded.keys()
     for key, values in recorded.items():
         if "log2_hist" in values:  # written by monitors that keep histograms
             want = sum(1 for n in values["log2_hist"]["counts"] if n > 0)
-            assert hists[key]["data-bars"] == str(want)
+            assert hists[key]["bars"] == str(want)
             assert _pixels(image, hists[key], COLOURS[key[1]]) > 0, key
         else:
-            assert hists[key]["data-bars"] == "0"
-    (profile,) = [c for c in canvases if c.get("id") == "profile"]
-    assert profile["data-rows"] == str(len(recorded))
-    for c in (c for c in canvases if c.get("class") == "curve"):
-        kind = sum(1 for layer, t in recorded if t == c["data-tensor"])
-        assert int(c["data-points"]) == 3 * kind and _pixels(image, c) > 100
+            assert hists[key]["bars"] == "0"
+    assert profile["rows"] == str(len(recorded))
+    for c in curves:
+        kind = sum(1 for _, t in recorded if t == c["tensor"])
+        assert int(c["points"]) == 3 * kind and _pixels(image, c) > 100
+    assert page.errors() == []
