@@ -327,6 +327,27 @@ def dashboard_data(
     )
 
 
+def _alerts(record: dict[str, Any]) -> list[Any]:
+    # A watchdog record holds its step and a list of alerts; any other record is shown whole.
+    alerts = record.get("alerts")
+    if isinstance(alerts, list):
+        return [{"step": record.get("step"), **a} if isinstance(a, dict) else a for a in alerts]
+    return [record]
+
+
+def alert_line(alert: Any) -> str:
+    """One alert as the console states it: ``step 10: head/act_grad RMS 0.001 < 0.01``.
+
+    Args:
+        alert: an alert of a watchdog record, with the record's step.
+    """
+    if isinstance(alert, dict) and {"layer", "tensor", "reasons"} <= alert.keys():
+        reasons = alert["reasons"]
+        text = "; ".join(map(str, reasons)) if isinstance(reasons, list) else str(reasons)
+        return f"step {alert.get('step')}: {alert['layer']}/{alert['tensor']} {text}"
+    return json.dumps(alert)
+
+
 def render_html(
     records: list[dict[str, Any]], step: int | None, alerts: list[dict[str, Any]] = ()
 ) -> str:
@@ -343,7 +364,7 @@ def render_html(
     """
     data = json.dumps(dashboard_data(records, step, alerts), allow_nan=False)
     data = data.replace("</", "<\\/")  # a layer name cannot close the script element
-    items = "".join(f"<li>{html.escape(json.dumps(a))}</li>" for a in alerts)
+    items = "".join(f"<li>{html.escape(alert_line(a))}</li>" for r in alerts for a in _alerts(r))
     alert_list = f"<h2>Alerts</h2><ul id='alerts'>{items}</ul>" if alerts else ""
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>scales</title><style>"

@@ -50,15 +50,19 @@ def test_flat_histogram_keys_are_read_beside_their_statistics(tmp_path):
 
 def test_records_without_histograms_and_alert_records_still_render(tmp_path):
     write_run(tmp_path, [0, 10], histograms=False)
-    alert = {"alerts": [{"step": 10, "layer": "head", "tensor": "act", "reason": "rms"}]}
+    # The watchdog's record, written after the monitor's at the same step.
+    reasons = ["RMS 0.001 < 0.01", "100.0% underflow e4m3 > 5.0%"]
+    alert = {"step": 10, "alerts": [{"layer": "head", "tensor": "act", "reasons": reasons}]}
     with open(tmp_path / "scales.jsonl", "a") as f:
         f.write(json.dumps(alert) + "\n")
     assert scales.main([str(tmp_path)]) == 0
     page = (tmp_path / "scales.html").read_text()
     data = _page_data(page)
     assert [r["step"] for r in data["records"]] == [0, 10]  # the alert line is not a step
+    assert "rms" in data["records"][1]["layers"]["head"]["act"]
     assert data["alerts"] == [alert]
-    assert "<ul id='alerts'>" in page
+    line = "step 10: head/act RMS 0.001 &lt; 0.01; 100.0% underflow e4m3 &gt; 5.0%"
+    assert f"<ul id='alerts'><li>{line}</li></ul>" in page
 
 
 def test_non_finite_statistics_travel_as_null(tmp_path):
