@@ -7,7 +7,8 @@ The HTML dashboard is one self-contained file (inline script and style; no serve
 network) that opens from the run directory: a step slider and a layer filter drive, per layer
 and tensor, the histogram of log2 |x| at the selected step against the E4M3, E5M2 and fp16
 normal ranges, the scale profile (log2 RMS of every layer and tensor), the RMS-over-steps
-curves and a table of the step's values; alert records of the run are listed. Records written
+curves and a table of the step's values; the watchdog's alerts are listed and flag their
+histograms from the step they fired. Records written
 before the monitor kept histograms show RMS only. ``#step=100&layers=block0,head`` in the
 address opens a given view.
 

@@ -32,6 +32,15 @@
     state.visible = new Set(params.get("layers").split(",").filter((l) => layers.includes(l)));
   }
 
+  // The first step at which the watchdog alerted on each layer/tensor.
+  const alerted = new Map();
+  for (const r of DATA.alerts) {
+    for (const a of Array.isArray(r.alerts) ? r.alerts : []) {
+      const key = `${a.layer}/${a.tensor}`;
+      if (typeof r.step === "number" && !(alerted.get(key) <= r.step)) alerted.set(key, r.step);
+    }
+  }
+
   const log2 = (v) => (v !== null && v > 0 && isFinite(v) ? Math.log2(v) : null);
   const entry = (record, layer, tensor) => (record.layers[layer] || {})[tensor] || null;
 
@@ -120,6 +129,13 @@
       ctx.fillText(`${layer} ${tensor}  (zeros ${zeros.toFixed(1)} %)`, left, 12);
     } else {
       ctx.fillText(`${layer} ${tensor}: RMS only (no histogram)`, left, 12);
+    }
+    const since = alerted.get(`${layer}/${tensor}`);
+    if (since !== undefined && since <= record.step) {
+      ctx.fillStyle = "#b00"; ctx.textAlign = "right";
+      ctx.fillText(`alert since step ${since}`, right, 12);
+      ctx.textAlign = "left";
+      c.dataset.alert = String(since);
     }
     const r = log2(e.rms);
     if (r !== null) {

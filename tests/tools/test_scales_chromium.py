@@ -239,14 +239,23 @@ def test_slider_and_layer_filter_redraw_histograms_and_curves(browser, tmp_path)
     assert page.errors() == []
 
 
-def test_the_address_opens_a_view(browser, tmp_path):
+def test_the_address_opens_a_view_and_alerts_mark_their_histograms(browser, tmp_path):
     run = write_run(tmp_path, [0, 10, 20])
+    alert = {"step": 10, "alerts": [{"layer": "head", "tensor": "act_grad", "reasons": ["RMS"]}]}
+    with open(run / "scales.jsonl", "a") as f:
+        f.write(json.dumps(alert) + "\n")
     assert scales.main([str(run)]) == 0
     page = browser.open((run / "scales.html").as_uri() + "#step=10&layers=head")
     assert page.eval("document.body.dataset.step") == "10"
     assert page.eval("document.getElementById('step').value") == "1"
     hists, _, profile = _by_kind(page.canvases())
     assert {layer for layer, _ in hists} == {"head"} and profile["rows"] == str(len(TENSORS))
+    assert {key: c["alert"] for key, c in hists.items() if "alert" in c} == {
+        ("head", "act_grad"): "10"
+    }
+    page.eval("const s = document.getElementById('step'); s.value = '0';"
+              "s.dispatchEvent(new Event('input'))")  # fmt: skip
+    assert not any("alert" in c for c in page.canvases())  # not yet alerted at step 0
     assert page.errors() == []
 
 
