@@ -3,15 +3,18 @@ with PTB's 10k vocabulary, so nothing is downloaded).
 
 Baseline and monitored runs alternate in one process, several repetitions each; the median
 time per optimizer step over the timed steps is reported, plus the overhead relative to the
-baseline. Results go to docs/scales.md by hand.
+baseline. Results go to docs/scales.md by hand. ``--quick`` runs a short version and
+prints one JSON line whose ``monitor_step_cost`` is the extra time of a monitored step in
+baseline training steps.
 
     python -m benchmarks.scale_monitor_overhead [--recipe R] [--steps 10] [--reps 3] \\
-        [--every 1 1000]
+        [--every 1 1000] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import statistics
 from pathlib import Path
@@ -19,10 +22,10 @@ from pathlib import Path
 import lightning as L
 import torch
 import yaml
-from lit_unitscale.callbacks import ScaleMonitor
 from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.common import StepTimer
+from lit_unitscale.callbacks import ScaleMonitor
 from lit_unitscale.models import TransformerConfig
 from lit_unitscale.tasks.causal_lm import CausalLM
 
@@ -80,7 +83,12 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="repetitions of every setting")
     parser.add_argument("--every", type=int, nargs="+", default=[1, 1000], help="intervals")
     parser.add_argument("--root", default="/tmp/scale_monitor_bench", help="scratch run dir")
+    parser.add_argument(
+        "--quick", action="store_true", help="3 timed steps x 2 reps, every step; one JSON line"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.warmup, args.reps, args.every = 3, 1, 2, [1]
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     torch.manual_seed(0)
     recipe = yaml.safe_load(args.recipe.read_text())
@@ -91,6 +99,17 @@ def main() -> None:
             root = Path(args.root) / f"{s}-{rep}"
             times[s].append(run(recipe, args.steps, args.warmup, s, root))
     base = statistics.median(times[None])
+    if args.quick:
+        cost = (statistics.median(times[1]) - base) / base
+        result = {
+            "recipe": args.recipe.name,
+            "baseline_step_s": round(base, 4),
+            "monitored_step_s": round(statistics.median(times[1]), 4),
+            "monitor_step_cost": round(cost, 4),
+            "threads": torch.get_num_threads(),
+        }
+        print(json.dumps(result))
+        return
     print(
         f"{args.recipe.name}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{args.steps} timed steps x {args.reps} reps (after {args.warmup} untimed)"
@@ -109,7 +128,8 @@ def main() -> None:
         idle = [s for s in settings if s is not None and s > args.steps + args.warmup]
         idle_cost = statistics.median(times[idle[0]]) - base if idle else 0.0
         print(
-            f"\nmonitor step: +{extra * 1e3:.1f} ms; inactive hooks: {idle_cost * 1e3:+.1f} ms/step"
+            f"\nmonitor step: +{extra * 1e3:.1f} ms = {extra / base:.3f} training steps; "
+            f"inactive hooks: {idle_cost * 1e3:+.1f} ms/step"
         )
         print("| interval | projected overhead |")
         print("|---|---|")
