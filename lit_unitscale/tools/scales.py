@@ -364,7 +364,7 @@ def render_html(
         alerts: alert records of the run, listed under the controls.
     """
     data = json.dumps(dashboard_data(records, step, alerts), allow_nan=False)
-    data = data.replace("</", "<\\/")  # a layer name cannot close the script element
+    data = data.replace("<", "\\u003c")  # no text in the data can close or open a script element
     items = "".join(f"<li>{html.escape(alert_line(a))}</li>" for r in alerts for a in _alerts(r))
     alert_list = f"<h2>Alerts</h2><ul id='alerts'>{items}</ul>" if alerts else ""
     return (

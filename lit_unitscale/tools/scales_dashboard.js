@@ -41,6 +41,8 @@
     }
   }
 
+  const esc = (text) => String(text).replace(/[&<>"]/g,
+    (ch) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[ch]);
   const log2 = (v) => (v !== null && v > 0 && isFinite(v) ? Math.log2(v) : null);
   const entry = (record, layer, tensor) => (record.layers[layer] || {})[tensor] || null;
 
@@ -240,7 +242,7 @@
       }
     }
     const head = ["layer", "tensor", "log2 rms", ...stats];
-    let text = "<tr>" + head.map((h) => `<th>${h}</th>`).join("") + "</tr>";
+    let text = "<tr>" + head.map((h) => `<th>${esc(h)}</th>`).join("") + "</tr>";
     for (const layer of layers) {
       if (!state.visible.has(layer)) continue;
       for (const tensor of tensors) {
@@ -248,7 +250,7 @@
         if (!e) continue;
         const r = log2(e.rms);
         const cells = [layer, tensor, r === null ? "—" : r.toFixed(2), ...stats.map((s) => fmt(e[s]))];
-        text += "<tr>" + cells.map((v) => `<td>${v}</td>`).join("") + "</tr>";
+        text += "<tr>" + cells.map((v) => `<td>${esc(v)}</td>`).join("") + "</tr>";
       }
     }
     table.innerHTML = text;
@@ -323,7 +325,7 @@
     + ` (2<sup>${l.log2.toFixed(2)}</sup>)`).join(" ");
   const layerLegend = document.getElementById("layer-legend");
   layerLegend.innerHTML = layers.map((l, i) =>
-    `<span class="swatch" style="background:${LAYER_COLOURS[i % LAYER_COLOURS.length]}"></span>${l}`
+    `<span class="swatch" style="background:${LAYER_COLOURS[i % LAYER_COLOURS.length]}"></span>${esc(l)}`
   ).join(" ");
   render();
   document.body.dataset.rendered = "ok";

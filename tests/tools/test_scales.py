@@ -170,3 +170,13 @@ def test_steps_come_back_in_order_the_last_of_a_repeated_step_with_its_histogram
             "rms": last[r["step"]][0],
             "log2_hist": last[r["step"]][1],
         }
+
+
+def test_no_text_in_the_data_can_end_the_script_element(tmp_path):
+    rec = record(0)
+    rec["layers"]["</script><!--"] = rec["layers"].pop("head")
+    (tmp_path / "scales.jsonl").write_text(json.dumps(rec) + "\n")
+    assert scales.main([str(tmp_path)]) == 0
+    page = (tmp_path / "scales.html").read_text()
+    assert page.count("</script>") == 2  # the data's and the dashboard's own
+    assert _page_data(page)["layers"][-1] == "</script><!--"
