@@ -12,9 +12,10 @@ from torchmetrics import MeanMetric
 from lit_unitscale.tasks.base import UnitScaledTask
 from lit_unitscale.tasks.decoding import all_done, generate, sampler
 from lit_unitscale.tasks.evaluation import counted_labels
+from lit_unitscale.tasks.predictions import WritesPredictions
 
 
-class CausalLM(UnitScaledTask):
+class CausalLM(WritesPredictions, UnitScaledTask):
     """Next-token prediction with a unit-scaled decoder; reports loss and perplexity per token.
 
     Batches: ``{"input_ids": (B, T), "labels": (B, T)}`` with labels already shifted.
@@ -51,16 +52,46 @@ class CausalLM(UnitScaledTask):
         metric.reset()
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        """Per-sequence mean NLL and the greedy next token after each position."""
-        logits = self.model(batch["input_ids"]).float()
+        """Per-sequence mean NLL, the greedy next token after each position, and the greedy
+        continuation of each sequence's first half (as long as its second half)."""
+        ids = batch["input_ids"]
+        logits = self.model(ids).float()
         nll = torch.nn.functional.cross_entropy(
             logits.transpose(1, 2), batch["labels"], ignore_index=-100, reduction="none"
         )
         mask = (batch["labels"] != -100).float()
+        half = ids.shape[1] // 2
+        eos = getattr(self._datamodule(), "eos_id", None)
+        continuation = self.generate(
+            ids[:, :half], ids.shape[1] - half, temperature=0, eos_id=() if eos is None else eos
+        )[:, half:]
         return {
             "nll": (nll * mask).sum(1) / mask.sum(1).clamp_min(1),
             "next_tokens": logits.argmax(-1),
+            "continuation": continuation,
         }
+
+    def readable(self, batch: dict[str, Tensor], outputs: dict[str, Tensor]) -> list[dict]:
+        """Prompt, the model's continuation and the text that really followed, per window."""
+        tokenizer = self._tokenizer()
+        decode = tokenizer.decode if tokenizer is not None else lambda ids: " ".join(map(str, ids))
+        eos = getattr(self._datamodule(), "eos_id", None)
+        ids = batch["input_ids"]
+        half = ids.shape[1] // 2
+        rows = []
+        for row, cont, nll in zip(
+            ids.tolist(), outputs["continuation"].tolist(), outputs["nll"].tolist(), strict=True
+        ):
+            cont = cont[: cont.index(eos) if eos in cont else len(cont)]
+            rows.append(
+                {
+                    "prompt": decode(row[:half]),
+                    "continuation": decode(cont),
+                    "reference": decode(row[half:]),
+                    "nll": round(nll, 4),
+                }
+            )
+        return rows
 
     @torch.no_grad()
     def generate(

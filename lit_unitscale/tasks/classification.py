@@ -11,11 +11,13 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from lit_unitscale.data.base import COUNTED
 from lit_unitscale.metrics import SpanF1
+from lit_unitscale.metrics.spans import bio_spans
 from lit_unitscale.tasks.evaluation import counted_labels, counted_rows
 from lit_unitscale.tasks.finetune import EncoderTask
+from lit_unitscale.tasks.predictions import WritesPredictions
 
 
-class SequenceClassifier(EncoderTask):
+class SequenceClassifier(WritesPredictions, EncoderTask):
     """One label per sequence; reports loss, accuracy and macro F1.
 
     Batches: ``{"input_ids", "attention_mask", "labels": (B,)}``.
@@ -71,12 +73,29 @@ class SequenceClassifier(EncoderTask):
             out["labels"] = [names[i] for i in out["predictions"].tolist()]
         return out
 
+    def readable(self, batch: dict[str, Tensor], outputs: dict[str, Any]) -> list[dict]:
+        """The text, its predicted label and that label's probability."""
+        tokenizer = self._tokenizer()
+        names = outputs.get("labels") or [str(i) for i in outputs["predictions"].tolist()]
+        rows = []
+        for ids, mask, label, probs in zip(
+            batch["input_ids"].tolist(),
+            batch["attention_mask"].tolist(),
+            names,
+            outputs["probabilities"].max(-1).values.tolist(),
+            strict=True,
+        ):
+            ids = ids[: sum(mask)]
+            text = tokenizer.decode(ids) if tokenizer is not None else " ".join(map(str, ids))
+            rows.append({"text": text, "label": label, "probability": round(probs, 4)})
+        return rows
+
     def _label_names(self) -> list[str] | None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         return getattr(dm, "label_names", None)
 
 
-class TokenClassifier(EncoderTask):
+class TokenClassifier(WritesPredictions, EncoderTask):
     """One tag per word (the first sub-word carries it); reports loss and seqeval-style
     entity-span precision/recall/F1 (micro and per type) from the data's BIO tag names.
 
@@ -145,3 +164,29 @@ class TokenClassifier(EncoderTask):
         logits = self.model(batch["input_ids"], batch["attention_mask"])
         pred_tags, gold_tags = self._word_tags(logits.argmax(-1), batch["labels"])
         return {"tags": pred_tags, "gold": gold_tags}
+
+    def readable(self, batch: dict[str, Tensor], outputs: dict[str, Any]) -> list[dict]:
+        """The words (each from its sub-words), their tags and the entity spans they form."""
+        tokenizer = self._tokenizer()
+        rows = []
+        for ids, mask, labels, tags in zip(
+            batch["input_ids"].tolist(),
+            batch["attention_mask"].tolist(),
+            batch["labels"].tolist(),
+            outputs["tags"],
+            strict=True,
+        ):
+            # A word is its scored first sub-word and the unscored ones up to the next word or
+            # the closing [SEP] (the last real token).
+            starts = [i for i, label in enumerate(labels) if label != -100]
+            ends = [*starts[1:], sum(mask) - 1]
+            words = [
+                tokenizer.decode(ids[a:b]).replace(" ", "") if tokenizer else str(ids[a])
+                for a, b in zip(starts, ends, strict=True)
+            ]
+            spans = [
+                {"type": kind, "text": " ".join(words[a : b + 1]), "start": a, "end": b + 1}
+                for kind, a, b in sorted(bio_spans(tags), key=lambda s: s[1])
+            ]
+            rows.append({"words": words, "tags": tags, "spans": spans})
+        return rows

@@ -12,9 +12,12 @@ from torchmetrics import MeanMetric
 
 from lit_unitscale.tasks.base import UnitScaledTask
 from lit_unitscale.tasks.evaluation import counted_labels
+from lit_unitscale.tasks.predictions import WritesPredictions
+
+TOP_FILLS = 3
 
 
-class MaskedLM(UnitScaledTask):
+class MaskedLM(WritesPredictions, UnitScaledTask):
     """Predict masked tokens with a unit-scaled encoder; reports loss, perplexity and accuracy
     over the masked positions.
 
@@ -64,7 +67,29 @@ class MaskedLM(UnitScaledTask):
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """The most likely token at every position, and the labels it is scored against."""
         logits = self.model(batch["input_ids"], batch["attention_mask"])
-        return {"predictions": logits.argmax(-1), "labels": batch["labels"]}
+        top = logits.topk(min(TOP_FILLS, logits.shape[-1]), dim=-1).indices
+        return {"predictions": logits.argmax(-1), "labels": batch["labels"], "top": top}
+
+    def readable(self, batch: dict[str, Tensor], outputs: dict[str, Tensor]) -> list[dict]:
+        """The masked text and, per masked position, the most likely fills beside the answer."""
+        tokenizer = self._tokenizer()
+        token = tokenizer.id_to_token if tokenizer is not None else str
+        rows = []
+        for ids, mask, labels, top in zip(
+            batch["input_ids"].tolist(),
+            batch["attention_mask"].tolist(),
+            batch["labels"].tolist(),
+            outputs["top"].tolist(),
+            strict=True,
+        ):
+            n = sum(mask)
+            fills = [
+                {"position": i, "answer": token(labels[i]), "top": [token(t) for t in top[i]]}
+                for i in range(n)
+                if labels[i] != -100
+            ]
+            rows.append({"text": " ".join(token(t) for t in ids[:n]), "fills": fills})
+        return rows
 
     # -- the tokenizer travels with the run --------------------------------------------------
     def _tokenizer_file(self) -> Path | None:

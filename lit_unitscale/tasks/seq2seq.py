@@ -12,9 +12,10 @@ from lit_unitscale.metrics import G2PErrorRates
 from lit_unitscale.tasks.base import UnitScaledTask
 from lit_unitscale.tasks.decoding import CachedScorer, beam_search, greedy_decode
 from lit_unitscale.tasks.evaluation import counted_labels, counted_rows
+from lit_unitscale.tasks.predictions import WritesPredictions
 
 
-class Seq2Seq(UnitScaledTask):
+class Seq2Seq(WritesPredictions, UnitScaledTask):
     """Teacher-forced training of an encoder-decoder; greedy or beam-search decoding.
 
     Validation and test report the teacher-forced loss and perplexity, and the word and
@@ -207,3 +208,11 @@ class Seq2Seq(UnitScaledTask):
                 words = dm.words["test"]
                 out["words"] = [words[i] for i in batch["ref_index"].tolist()]
         return out
+
+    def readable(self, batch: dict[str, Tensor], outputs: dict[str, Any]) -> list[dict]:
+        """Each word and its decoded pronunciation (phoneme symbols, space-separated)."""
+        phonemes = outputs.get("phonemes")
+        if phonemes is None:
+            phonemes = [list(map(str, row)) for row in self._strip(outputs["ids"])]
+        words = outputs.get("words") or [None] * len(phonemes)
+        return [{"word": w, "phonemes": " ".join(p)} for w, p in zip(words, phonemes, strict=True)]
