@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lit_unitscale.callbacks.scale_wandb import PROFILE_KEY
-from lit_unitscale.tools.scales import FP16_MAX, FP16_MIN_NORMAL, HIST, ScalesError, load_records
+from lit_unitscale.callbacks.scale_wandb import HIST_STAT, PROFILE_KEY
+from lit_unitscale.tools.scales import FP16_MAX, FP16_MIN_NORMAL, ScalesError, load_records
 from lit_unitscale.unit.fp8 import E4M3, E5M2
 
 TENSOR_TITLES = {
@@ -91,7 +91,7 @@ def _histograms(tensor: str, title: str, layers: Sequence[str] | None) -> list[A
     # per layer keeps the layers apart (a regex panel when the layers are not known).
     import wandb_workspaces.reports.v2 as wr
 
-    per_layer = [(layer, _series(tensor, HIST, [layer])) for layer in layers or []]
+    per_layer = [(layer, _series(tensor, HIST_STAT, [layer])) for layer in layers or []]
     return [
         wr.LinePlot(
             title=f"{title}: log2 |x| histogram, {layer or 'every layer'}",
@@ -99,7 +99,7 @@ def _histograms(tensor: str, title: str, layers: Sequence[str] | None) -> list[A
             title_y=HIST_AXIS,
             **series,
         )
-        for layer, series in per_layer or [(None, _series(tensor, HIST, None))]
+        for layer, series in per_layer or [(None, _series(tensor, HIST_STAT, None))]
     ]
 
 

@@ -55,6 +55,7 @@ class ScalesError(Exception):
     """A problem the user can fix; printed as one line."""
 
 
+# The ScaleMonitor's histogram key (its HIST_STAT; not imported: that would load Lightning).
 HIST = "log2_hist"
 
 

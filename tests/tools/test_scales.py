@@ -180,3 +180,9 @@ def test_no_text_in_the_data_can_end_the_script_element(tmp_path):
     page = (tmp_path / "scales.html").read_text()
     assert page.count("</script>") == 2  # the data's and the dashboard's own
     assert _page_data(page)["layers"][-1] == "</script><!--"
+
+
+def test_the_dashboard_reads_the_key_the_monitor_writes():
+    from lit_unitscale.callbacks.scale_wandb import HIST_STAT
+
+    assert scales.HIST == HIST_STAT
