@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from lit_unitscale.callbacks.scale_layers import find_layers
@@ -136,6 +137,16 @@ class ScaleRecorder:
     def _params(self, module: nn.Module) -> list[nn.Parameter]:
         return [p for _, p, _ in named_param_specs(module)]
 
+    def _mine(self, params: list[nn.Parameter], of_grad: bool = False) -> list[nn.Parameter]:
+        # A tensor every rank holds whole (DDP's weights and reduced gradients, ZeRO-1/2's
+        # weights) counts once, on rank 0, so that summed counts are those of one copy;
+        # shards and partitions count on the rank that holds them.
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+            return params
+        if of_grad:
+            return [p for p in params if p.grad is None or local_tensor(p.grad) is not p.grad]
+        return [p for p in params if local_tensor(p) is not p]
+
     def record_params(self) -> None:
         """Weights and weight gradients of every layer; call with gradients ready, before the
         optimizer step. Also snapshots the weights so :meth:`record_updates` can diff them."""
@@ -143,13 +154,14 @@ class ScaleRecorder:
             params = self._params(module)
             if not params:
                 continue
-            if "weight" in self.tensors:
-                self._add_sum((layer, "weight"), params)
-            grads = [g for g in map(local_grad, params) if g is not None]
+            mine = self._mine(params)
+            if "weight" in self.tensors and mine:
+                self._add_sum((layer, "weight"), mine)
+            grads = [g for g in map(local_grad, self._mine(params, of_grad=True)) if g is not None]
             if "weight_grad" in self.tensors and grads:
                 self._add_sum((layer, "weight_grad"), grads)
             if "update" in self.tensors:
-                for p in params:
+                for p in mine:
                     if id(p) not in self._snapshot:
                         self._snapshot[id(p)] = local_tensor(p).detach().clone()
 
