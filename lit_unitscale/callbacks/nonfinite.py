@@ -19,6 +19,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from lit_unitscale.callbacks.logging_steps import is_logging_step
 from lit_unitscale.callbacks.scale_stats import local_tensor
 from lit_unitscale.errors import TrainingFault
 
@@ -81,7 +82,7 @@ class NonFiniteGuard(L.Callback):
             self._first_bad = torch.full((), -1, dtype=torch.int64, device=step_ok.device)
         step_ok = step_ok.to(self._first_bad.device, non_blocking=True)
         self._first_bad.masked_fill_((self._first_bad < 0) & ~step_ok, trainer.global_step)
-        if _is_logging_step(trainer):
+        if is_logging_step(trainer):
             self._raise_if_bad(trainer, pl_module, optimizer, loss)
 
     def on_save_checkpoint(
@@ -190,15 +191,6 @@ class NonFiniteGuard(L.Callback):
             more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
             parts.append(f"non-finite gradients in {', '.join(bad[:3])}{more}")
         return " and ".join(parts) or "non-finite values"
-
-
-def _is_logging_step(trainer: L.Trainer) -> bool:
-    """Whether Lightning logs at the end of this optimizer step (its own test of the interval)."""
-    connector = getattr(trainer, "_logger_connector", None)
-    if connector is not None:
-        return bool(connector.should_update_logs)
-    every = max(1, trainer.log_every_n_steps)
-    return (trainer.fit_loop.epoch_loop._batches_that_stepped + 1) % every == 0
 
 
 def _first_non_finite(trainer: L.Trainer, step: int) -> str:

@@ -8,6 +8,8 @@ import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
+from lit_unitscale.callbacks.logging_steps import is_logging_step
+
 
 class StepProgressBar(RichProgressBar):
     """Rich progress bar counting optimizer steps toward ``max_steps`` (so its time-left column
@@ -26,8 +28,7 @@ class StepProgressBar(RichProgressBar):
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         # Every value Lightning hands a progress bar is read back from the device when asked
         # for; while training, ask only at logging steps, where the loggers read them anyway.
-        logging = trainer._logger_connector.should_update_logs
-        if trainer.training and not logging:
+        if trainer.training and not is_logging_step(trainer):
             return self._shown or {}
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)  # the logger's run id: noise beside the losses

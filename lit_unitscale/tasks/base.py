@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from lit_unitscale.callbacks.logging_steps import is_logging_step
 from lit_unitscale.errors import CheckpointMismatchError, RecipeError
 from lit_unitscale.models import ARCHITECTURES, TransformerConfig
 from lit_unitscale.tasks.schedule import Schedule, lr_factor
@@ -216,14 +217,9 @@ class UnitScaledTask(L.LightningModule):
         # Logged only when Lightning writes logs: a Python float becomes a device tensor, a
         # copy that would make the host wait on the device every micro-batch.
         sched = self.lr_schedulers()
-        if sched is not None and self.logging_step():
+        if sched is not None and is_logging_step(self.trainer):
             factor = sched.lr_lambdas[0](sched.last_epoch)
             self.log("lr", self.hparams.lr * factor, on_step=True, batch_size=1)
-
-    def logging_step(self) -> bool:
-        """Whether Lightning writes logs after this micro-batch (``log_every_n_steps``): the
-        only training micro-batches that may read values back to the host."""
-        return self._trainer is not None and self.trainer._logger_connector.should_update_logs
 
     def log_train_loss(self, loss: torch.Tensor, batch_size: int) -> None:
         """Log ``train/loss`` without reading it back to the host: it stays a device tensor

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lit_unitscale.callbacks.nonfinite import NonFiniteGuard, _is_logging_step
+from lit_unitscale.callbacks.logging_steps import is_logging_step
+from lit_unitscale.callbacks.nonfinite import NonFiniteGuard
 from lit_unitscale.callbacks.signals import GracefulStop
 from tests.strategies._worker import TINY
 
@@ -36,7 +37,7 @@ def _counted(callback: Any, trainer_box: list, counts: collections.Counter) -> N
 
         def counted(trainer, *args, _hook=hook, **kwargs):
             trainer_box[:] = [trainer]
-            key = (trainer.global_step, _is_logging_step(trainer))
+            key = (trainer.global_step, is_logging_step(trainer))
             with _CountSyncs(counts, key):
                 return _hook(trainer, *args, **kwargs)
 
