@@ -14,5 +14,10 @@ python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || tr
 if ! python -c "import torch" 2>/dev/null; then
   python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}" 2>&1 | grep -v '^WARNING: Location' || true
 fi
-python -m pip install -q -e ".[dev,deepspeed]" 2>&1 | grep -v -e '^WARNING: Location' -e 'BuildBackendWarning' || true
+# Keep the installed torch: litdata requires torchvision, whose newest release would otherwise
+# upgrade torch to a CUDA build; the constraint picks the torchvision made for this torch.
+TORCH_PIN=$(mktemp)
+python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > "$TORCH_PIN"
+python -m pip install -q -c "$TORCH_PIN" -e ".[dev,deepspeed]" 2>&1 | grep -v -e '^WARNING: Location' -e 'BuildBackendWarning' || true
+rm -f "$TORCH_PIN"
 python -c "import lit_unitscale, lightning, torch; print('lit_unitscale ready: torch', torch.__version__, 'lightning', lightning.__version__)"
