@@ -15,9 +15,14 @@ if ! python -c "import torch" 2>/dev/null; then
   python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}" 2>&1 | grep -v '^WARNING: Location' || true
 fi
 # Keep the installed torch: litdata requires torchvision, whose newest release would otherwise
-# upgrade torch to a CUDA build; the constraint picks the torchvision made for this torch.
+# upgrade torch to a CUDA build; the constraint picks the torchvision release made for this torch.
 TORCH_PIN=$(mktemp)
 python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > "$TORCH_PIN"
 python -m pip install -q -c "$TORCH_PIN" -e ".[dev,deepspeed]" 2>&1 | grep -v -e '^WARNING: Location' -e 'BuildBackendWarning' || true
 rm -f "$TORCH_PIN"
+# litdata never imports torchvision for token shards, and the index's torchvision is built for
+# the CUDA torch: beside a CPU torch its import fails, which breaks transformers' model imports.
+if ! python -c "import torchvision" 2>/dev/null; then
+  python -m pip uninstall -q -y torchvision 2>&1 | grep -v '^WARNING' || true
+fi
 python -c "import lit_unitscale, lightning, torch; print('lit_unitscale ready: torch', torch.__version__, 'lightning', lightning.__version__)"
