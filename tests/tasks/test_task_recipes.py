@@ -44,7 +44,7 @@ def test_finetune_recipe_points_at_its_pretraining_run(recipe: Path) -> None:
         c for c in mlm["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint")
     )
     assert checkpoint["init_args"]["save_last"] is True
-    # The run directory decides where checkpoints go (lit_unitscale.run_dir).
+    # The run directory decides where checkpoints go (lit_unitscale.cli.run_dir).
     assert checkpoint["init_args"]["dirpath"] == "${trainer.default_root_dir}/checkpoints"
     assert cfg["model"]["init_args"]["pretrained"] == f"{root}/checkpoints/last.ckpt"
     assert cfg["data"]["init_args"]["tokenizer_path"] == f"{root}/tokenizer.json"

@@ -13,13 +13,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from lit_unitscale.cli.recipe_check import flat_keys, load_recipe, option_values
 from lit_unitscale.errors import (
     LitUnitscaleError,
     TrainerValueError,
     TrainingFault,
     did_you_mean,
 )
-from lit_unitscale.recipe_check import flat_keys, load_recipe, option_values
 
 # Errors other layers raise for users, by class name so that this module imports none of them.
 _USER_ERRORS = {

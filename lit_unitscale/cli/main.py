@@ -22,6 +22,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "export": ("lit_unitscale.tools.export", "checkpoint -> native or transformers folder"),
     "dashboard": ("lit_unitscale.tools.dashboard", "push the W&B scale workspace"),
     "generate": ("lit_unitscale.tools.generate", "continue prompts with a trained decoder"),
+    "prepare": ("lit_unitscale.tools.prepare", "tokenize a corpus once into token shards"),
 }
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -48,7 +49,7 @@ def _configure_jsonargparse() -> None:
 def _recipe_cli_class():
     from lightning.pytorch.cli import LightningCLI
 
-    from lit_unitscale import run_dir
+    from lit_unitscale.cli import run_dir
 
     class RecipeCLI(LightningCLI):
         """LightningCLI whose run artifacts all follow ``trainer.default_root_dir`` and whose
@@ -119,7 +120,7 @@ def _raised_validating(error: BaseException) -> bool:
     from lit_unitscale.errors import LitUnitscaleError
 
     # Ours are already worded for the user; Lightning's MisconfigurationException has its own
-    # explanation (lit_unitscale.explain).
+    # explanation (lit_unitscale.cli.explain).
     if isinstance(error, LitUnitscaleError) or type(error).__name__ == "MisconfigurationException":
         return False
     frames = traceback.extract_tb(error.__traceback__)
@@ -162,8 +163,8 @@ def make_cli(args: list[str] | None = None, run: bool = True):
         args: command-line arguments (default ``sys.argv[1:]``).
         run: run the subcommand; with False only parse and instantiate (for tests).
     """
-    from lit_unitscale import console
     from lit_unitscale.callbacks.progress import RunSummary
+    from lit_unitscale.cli import console
     from lit_unitscale.data.base import BaseDataModule
     from lit_unitscale.tasks.base import UnitScaledTask
 
@@ -235,8 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     Args:
         argv: command-line arguments (default ``sys.argv[1:]``).
     """
+    from lit_unitscale.cli.recipe_check import check_command_line, check_subcommand
     from lit_unitscale.errors import LitUnitscaleError
-    from lit_unitscale.recipe_check import check_command_line, check_subcommand
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _debug(argv)
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
             return
         if debug or isinstance(error, SystemExit):
             raise
-        from lit_unitscale.explain import context_from, explain
+        from lit_unitscale.cli.explain import context_from, explain
 
         message = explain(error, context_from(argv, files, merged))
         if message is None:
