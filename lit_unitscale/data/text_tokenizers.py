@@ -16,7 +16,7 @@ pretraining behaves the same when a fine-tuning module loads it by path.
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -35,14 +35,19 @@ WORD_EOS, WORD_UNK = "<eos>", "<unk>"
 _RECIPE_VERSION = "1"
 
 
-def word_vocabulary(lines: Sequence[str], max_size: int | None = None) -> list[str]:
+def word_vocabulary(lines: Iterable[str], max_size: int | None = None) -> list[str]:
     """Words of `lines` plus `<eos>` once per line, most frequent first (ties alphabetical).
 
     `<unk>` is always in the vocabulary (PTB already has it in its text); with `max_size` the
-    rarest words are dropped and will encode as `<unk>`.
+    rarest words are dropped and will encode as `<unk>`. `lines` may be a stream: memory grows
+    with the vocabulary, not with the text.
     """
-    counts = Counter(word for line in lines for word in line.split())
-    counts[WORD_EOS] += len(lines)
+    counts: Counter[str] = Counter()
+    n_lines = 0
+    for line in lines:
+        counts.update(line.split())
+        n_lines += 1
+    counts[WORD_EOS] += n_lines
     words = sorted(counts, key=lambda w: (-counts[w], w))
     if max_size is not None and len(words) > max_size:
         words = [w for w in words if w != WORD_UNK][: max_size - 1]
@@ -51,7 +56,7 @@ def word_vocabulary(lines: Sequence[str], max_size: int | None = None) -> list[s
     return words
 
 
-def build_word_tokenizer(lines: Sequence[str], vocab_size: int | None = None) -> Tokenizer:
+def build_word_tokenizer(lines: Iterable[str], vocab_size: int | None = None) -> Tokenizer:
     vocab = {word: i for i, word in enumerate(word_vocabulary(lines, vocab_size))}
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=WORD_UNK))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -59,7 +64,7 @@ def build_word_tokenizer(lines: Sequence[str], vocab_size: int | None = None) ->
 
 
 def train_subword_tokenizer(
-    kind: Literal["bpe", "wordpiece"], lines: Sequence[str], vocab_size: int
+    kind: Literal["bpe", "wordpiece"], lines: Iterable[str], vocab_size: int
 ) -> Tokenizer:
     if kind == "bpe":
         tokenizer = Tokenizer(models.BPE(unk_token=UNK))
@@ -83,7 +88,8 @@ def train_subword_tokenizer(
         )
     else:
         raise ValueError(f"Unknown subword tokenizer kind {kind!r}; expected 'bpe' or 'wordpiece'.")
-    tokenizer.train_from_iterator(lines, trainer=trainer, length=len(lines))
+    length = len(lines) if isinstance(lines, Sequence) else None
+    tokenizer.train_from_iterator(lines, trainer=trainer, length=length)
     return tokenizer
 
 
