@@ -87,7 +87,7 @@ def _kind(path: Path) -> str:
 def _supported(paths: Sequence[Path], where: str) -> list[Path]:
     files = sorted(p for p in paths if p.is_file() and p.suffix in SUFFIXES)
     if not files:
-        raise EmptyDataError(f"{where} holds no {', '.join(SUFFIXES)} files.")
+        raise EmptyDataError(f"{where} holds no .txt files (nor .jsonl or .parquet ones).")
     return files
 
 
@@ -435,6 +435,8 @@ def prepare(
     scans = [(_scan(path, _kind(path), text_field), split) for path, split in resolved]
     pieces = plan_pieces(scans)
     if not any(pieces.values()):
+        if len(scans) == 1:
+            raise EmptyDataError(f"Data file {scans[0][0].path} is empty; expected text.")
         raise EmptyDataError(
             f"prepare: the inputs {' '.join(inputs)} hold no text (every line is blank)."
         )

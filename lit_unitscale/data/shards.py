@@ -241,6 +241,10 @@ class ShardTokens:
         """The whole stream as one tensor (small corpora and tests only)."""
         return self[:]
 
+    def tolist(self) -> list[int]:
+        """The whole stream as a list of ids (small corpora and tests only)."""
+        return self[:].tolist()
+
 
 def split_tokens(
     manifest: Manifest, split: str, vocab_size: int | None = None, limit: int | None = None

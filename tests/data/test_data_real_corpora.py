@@ -18,7 +18,7 @@ def test_ptb_has_the_standard_split_and_vocabulary():
     assert len(data.tokens["valid"]) == 73_760
     assert len(data.tokens["test"]) == 82_430
     eos = data.tokenizer.token_to_id("<eos>")
-    assert (data.tokens["train"] == eos).sum() == 42_068
+    assert (data.tokens["train"].tensor() == eos).sum() == 42_068
     assert data.tokenizer.token_to_id("<unk>") is not None
 
 
