@@ -15,6 +15,7 @@ from lit_unitscale.errors import CheckpointMismatchError, RecipeError
 from lit_unitscale.models import ARCHITECTURES, TransformerConfig
 from lit_unitscale.tasks.schedule import Schedule, lr_factor
 from lit_unitscale.unit import global_batch, param_groups
+from lit_unitscale.unit.clipping import GradientClipRule, clip_gradients, numel, rule_for
 
 
 class UnitScaledTask(L.LightningModule):
@@ -36,6 +37,9 @@ class UnitScaledTask(L.LightningModule):
         min_lr_ratio: final LR as a fraction of the peak.
         compile: wrap the model in ``torch.compile``.
         activation_checkpointing: recompute each block's activations in backward.
+        gradient_clip_rule: what ``trainer.gradient_clip_val`` bounds: ``norm`` the global
+            norm, ``rms`` the RMS of the whole gradient (unit terms, docs/tuning.md); ``auto``
+            is ``rms`` under u-μP and ``norm`` under SP.
     """
 
     architecture: str = "DecoderLM"
@@ -53,6 +57,7 @@ class UnitScaledTask(L.LightningModule):
         min_lr_ratio: float = 0.1,
         compile: bool = False,
         activation_checkpointing: bool = False,
+        gradient_clip_rule: GradientClipRule = "auto",
     ) -> None:
         super().__init__()
         if independent_weight_decay and model.parametrization == "umup" and weight_decay >= 0.01:
@@ -65,6 +70,26 @@ class UnitScaledTask(L.LightningModule):
         self.save_hyperparameters()
         self.config = dataclasses.replace(model)
         self.model: nn.Module | None = None
+
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm=None
+    ) -> None:
+        # u-μP weight gradients have unit RMS by design, so their global norm grows as
+        # sqrt(#params): there the threshold bounds the gradient's RMS (unit.clipping).
+        rule = rule_for(self.hparams.get("gradient_clip_rule", "auto"), self.config.parametrization)
+        if rule == "norm" or not gradient_clip_val or gradient_clip_algorithm == "value":
+            super().configure_gradient_clipping(
+                optimizer, gradient_clip_val, gradient_clip_algorithm
+            )
+        elif getattr(self.trainer.strategy, "strategy_name", "") == "deepspeed":
+            same = gradient_clip_val * numel(self.parameters()) ** 0.5
+            raise RecipeError(
+                f"gradient_clip_rule {rule}: DeepSpeed clips by global norm only; the same "
+                "clipping is model.init_args.gradient_clip_rule: norm with "
+                f"trainer.gradient_clip_val: {same:.6g}"
+            )
+        else:
+            clip_gradients(self.parameters(), gradient_clip_val, rule)
 
     def replicate(self, **overrides: Any) -> UnitScaledTask:
         """A fresh, untrained task of the same class and hyperparameters, with ``overrides``

@@ -16,74 +16,15 @@ and compute.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-
-def train_point(
-    task: Any,
-    datamodule: Any,
-    steps: int,
-    val_batches: int,
-    seed: int,
-    val_every: int = 0,
-    root: Path | None = None,
-) -> dict:
-    """Train ``task`` for ``steps`` optimizer steps and return its final validation loss (and,
-    with ``val_every``, the validation curve).
-
-    Args:
-        task: a UnitScaledTask (a fresh copy per run).
-        datamodule: the recipe's datamodule.
-        steps: optimizer steps.
-        val_batches: validation batches per evaluation.
-        seed: seed of the initialisation and data order.
-        val_every: also evaluate every this many steps (0: only at the end).
-        root: the run directory (default: a temporary one).
-    """
-    import lightning as L
-
-    from lit_unitscale.tools.short_run import short_trainer
-
-    class Curve(L.Callback):
-        def __init__(self) -> None:
-            self.points: list[list[float]] = []
-
-        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-            loss = trainer.callback_metrics.get("val/loss")
-            if loss is not None and not trainer.sanity_checking:
-                self.points.append([trainer.global_step, round(float(loss), 5)])
-
-    L.seed_everything(seed, verbose=False)
-    curve = Curve()
-    extra = {"val_check_interval": val_every} if val_every else {}
-    trainer = short_trainer(
-        steps, [curve], val_batches=val_batches, root=root, gradient_clip_val=1.0, **extra
-    )
-    start = time.perf_counter()
-    trainer.fit(task, datamodule=datamodule)
-    seconds = time.perf_counter() - start
-    if curve.points and curve.points[-1][0] != trainer.global_step:
-        trainer.validate(task, datamodule=datamodule, verbose=False)  # the end point
-    loss = float(trainer.callback_metrics.get("val/loss", float("nan")))
-    params = sum(p.numel() for p in task.model.parameters())
-    embed = sum(p.numel() for n, p in task.model.named_parameters() if "embed" in n or "head" in n)
-    row = {
-        "val_loss": loss,
-        "params": params,
-        "non_embedding_params": params - embed,
-        "seconds": round(seconds, 2),
-    }
-    if val_every:
-        row["curve"] = curve.points
-    return row
+from lit_unitscale.tools.search import RecipeObjective, load_rows, recipe_clip, run_trials
 
 
 def run_sweep(
@@ -98,6 +39,10 @@ def run_sweep(
     seed: int = 0,
     sp_lrs: list[float] | None = None,
     val_every: int = 0,
+    gradient_clip_val: float | None = None,
+    configs: list[str] | None = None,
+    workers: int = 1,
+    threads_per_worker: int | None = None,
 ) -> list[dict]:
     """Run every (parametrization, width, lr) point not already in ``out/results.jsonl``.
 
@@ -113,40 +58,41 @@ def run_sweep(
         seed: seed of every run.
         sp_lrs: peak learning rates of the ``sp`` runs (default: ``lrs``).
         val_every: record a validation curve, evaluating every this many steps (0: final only).
+        gradient_clip_val: the recipe's clipping threshold, read by each run's clipping rule.
+        configs: the recipe files ``task`` came from (needed by ``workers`` > 1).
+        workers: local processes running points at once.
+        threads_per_worker: torch threads of each worker.
     """
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     out.mkdir(parents=True, exist_ok=True)
+    trials = [
+        {"parametrization": p, "width": width, "lr": lr, "steps": steps}
+        for p in parametrizations
+        for width in widths
+        for lr in (sp_lrs if p == "sp" and sp_lrs else lrs)
+    ]
+    objective = RecipeObjective.of(
+        task,
+        datamodule,
+        configs=configs or [],
+        val_batches=val_batches,
+        seed=seed,
+        val_every=val_every,
+        gradient_clip_val=gradient_clip_val,
+        scratch=str(out / "scratch"),  # what a run writes (an MLM task's tokenizer copy)
+    )
     path = out / "results.jsonl"
-    done = load_results(path)
-    key = lambda r: (r["parametrization"], r["width"], r["lr"], r["steps"])  # noqa: E731
-    seen = {key(r) for r in done}
-    d_head = task.config.d_head
-    for p in parametrizations:
-        for width in widths:
-            for lr in sp_lrs if p == "sp" and sp_lrs else lrs:
-                row = {"parametrization": p, "width": width, "lr": lr, "steps": steps}
-                if key(row) in seen:
-                    continue
-                config = dataclasses.replace(
-                    task.config, d_model=width, n_heads=max(1, width // d_head), parametrization=p
-                )
-                copy = task.replicate(model=config, lr=lr)
-                scratch = out / "scratch"  # what a run writes (an MLM task's tokenizer copy)
-                row.update(
-                    train_point(copy, datamodule, steps, val_batches, seed, val_every, scratch)
-                )
-                with path.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                done.append(row)
-                print(json.dumps(row), flush=True)
-    return done
+    run_trials(trials, objective, path, workers, threads_per_worker, fields=SWEEP_FIELDS)
+    return load_rows(path)
+
+
+SWEEP_FIELDS = ("parametrization", "width", "lr", "steps")
+"""The settings that identify a sweep point (results.jsonl rows of older sweeps resume)."""
 
 
 def load_results(path: Path) -> list[dict]:
     """Rows of a results.jsonl (empty when the file does not exist)."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return load_rows(path)
 
 
 def best_lrs(rows: list[dict]) -> dict[tuple[str, int], dict]:
@@ -384,13 +330,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--val-every", type=int, default=0, help="record validation curves every N steps"
     )
+    parser.add_argument("--workers", type=int, default=1, help="local processes running points")
+    parser.add_argument(
+        "--threads-per-worker", type=int, default=None, help="torch threads of each worker"
+    )
     parser.add_argument("overrides", nargs="*", help="extra CLI overrides for the recipe, after --")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from lit_unitscale.tools.coord_check import build_from_recipe
+    from lit_unitscale.tools.search import build_from_recipe
 
     task, datamodule = build_from_recipe(args.config, args.overrides)
     rows = run_sweep(
@@ -405,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
         args.seed,
         args.sp_lrs,
         args.val_every,
+        recipe_clip(args.config),
+        args.config,
+        args.workers,
+        args.threads_per_worker,
     )
     rows = [r for r in rows if r["steps"] == args.steps]
     print(write_table(rows, args.out))
