@@ -241,6 +241,9 @@ def train_point(
     return row
 
 
+_RECIPES: dict[str, tuple[Any, Any]] = {}  # recipes this process has built, by their files
+
+
 @dataclasses.dataclass
 class RecipeObjective:
     """Trials of one recipe: each builds a fresh task from it with the trial's settings and
@@ -286,9 +289,13 @@ class RecipeObjective:
         return objective
 
     def recipe(self) -> tuple[Any, Any]:
-        """The recipe's task and datamodule (built once)."""
+        """The recipe's task and datamodule (built once per process: a worker receives a new
+        copy of the objective with every trial)."""
         if self._built is None:
-            self._built = build_from_recipe(self.configs, self.overrides)
+            key = json.dumps([self.configs, self.overrides])
+            if key not in _RECIPES:
+                _RECIPES[key] = build_from_recipe(self.configs, self.overrides)
+            self._built = _RECIPES[key]
         return self._built
 
     def __call__(self, settings: Settings) -> dict:
