@@ -10,7 +10,7 @@ from lit_unitscale.models.heads import (
     TokenClassifier,
 )
 from lit_unitscale.models.io import load, save_pretrained
-from lit_unitscale.models.stack import Block, TransformerStack, branch_taus
+from lit_unitscale.models.stack import Block, TransformerStack
 from lit_unitscale.models.transformer import Decoder, Encoder, EncoderDecoder
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "TokenClassifier",
     "TransformerConfig",
     "TransformerStack",
-    "branch_taus",
     "load",
     "save_pretrained",
 ]

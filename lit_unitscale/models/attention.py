@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from lit_unitscale.models.config import TransformerConfig
 from lit_unitscale.models.positions import RotaryEmbedding
-from lit_unitscale.unit import Linear, UnitModule
+from lit_unitscale.unit import Linear, UnitModule, fp8
 from lit_unitscale.unit.functional import attention_scale
 
 
@@ -74,10 +74,17 @@ class Attention(UnitModule):
         self.mult, self.dropout_p = config.attn_mult, config.dropout
         # A constant of the architecture, never the runtime length (see TransformerConfig).
         self.scale_len = config.attn_scale_len or config.max_seq_len
-        # A cached step folds causality into its mask (queries sit at the end of the keys,
-        # which the kernel's causal flag does not express); this restores the causal scale.
+        # The output scale, a constant, rides in the output projection's GEMMs. A cached step
+        # folds causality into its mask, but its keys follow the causal rule all the same.
+        self.output_scale = (
+            attention_scale(self.scale_len, dh, causal and not cross, self.mult, self.dropout_p)
+            if p == "umup"
+            else 1.0
+        )
+        # Where the kernel's own scale is used (FP8 simulation), a cached step's mask-folded
+        # causality gets the non-causal rule from it; this restores the causal one.
         self.cached_rescale = (
-            attention_scale(self.scale_len, dh, True, self.mult, self.dropout_p)
+            self.output_scale
             / attention_scale(self.scale_len, dh, False, self.mult, self.dropout_p)
             if p == "umup" and causal and not cross
             else 1.0
@@ -86,9 +93,10 @@ class Attention(UnitModule):
         self.kv = Linear(d, 2 * self.kv_heads * dh, parametrization=p)
         self.o = Linear(self.n_heads * dh, d, parametrization=p)
 
-    def _keys_values(self, source: Tensor) -> tuple[Tensor, Tensor]:
+    def _keys_values(self, source: Tensor, grad_mult: float = 1.0) -> tuple[Tensor, Tensor]:
         b, s, _ = source.shape
-        k, v = self.kv(source).view(b, s, 2, self.kv_heads, self.d_head).permute(2, 0, 3, 1, 4)
+        kv = self.kv(source, grad_input_mult=grad_mult)
+        k, v = kv.view(b, s, 2, self.kv_heads, self.d_head).permute(2, 0, 3, 1, 4)
         return k, v
 
     def forward(
@@ -98,22 +106,37 @@ class Attention(UnitModule):
         mask: Tensor | None = None,
         rope: RotaryEmbedding | None = None,
         cache: KVCache | None = None,
+        output_mult: float = 1.0,
+        grad_input_mult: float = 1.0,
+        memory_grad_mult: float = 1.0,
     ) -> Tensor:
         """``x``: (batch, length, d_model); ``mask``: bool/float, broadcastable to
         (batch, heads, q_len, k_len); causal masking is added here, except with a ``cache``,
-        where the caller's mask already holds it (queries are the last ``length`` keys)."""
+        where the caller's mask already holds it (queries are the last ``length`` keys).
+        ``output_mult`` weighs the output value, ``grad_input_mult`` the gradients of ``x``
+        and ``memory`` (a residual branch's weights, carried by the projections' GEMMs);
+        ``memory_grad_mult`` is one more factor on the memory's gradient."""
         b, t, _ = x.shape
-        q = self.q(x).view(b, t, self.n_heads, self.d_head).transpose(1, 2)
+        # FP8 simulation quantises the scaled output itself: there the scale stays its own step.
+        fold = not fp8.fp8_enabled()
+        if mask is not None and mask.requires_grad:
+            # A learned bias on the logits (shared by all layers) gets the branch's backward
+            # weight, less the output scale the folded projection already passed back into
+            # it: a pass over the (heads, q, k) bias, relative positions only.
+            mask = self.F.scale_bwd(mask, grad_input_mult / (self.output_scale if fold else 1.0))
+        q = self.q(x, grad_input_mult=grad_input_mult)
+        q = q.view(b, t, self.n_heads, self.d_head).transpose(1, 2)
         if cache is None:
-            k, v = self._keys_values(memory if self.cross else x)
+            source, mem = (memory, memory_grad_mult) if self.cross else (x, 1.0)
+            k, v = self._keys_values(source, grad_input_mult * mem)
             if rope is not None and not self.cross:
                 q, k = rope(q), rope(k)
         elif self.cross:
             if self not in cache.cross:
-                cache.cross[self] = self._keys_values(memory)
+                cache.cross[self] = self._keys_values(memory, grad_input_mult * memory_grad_mult)
             k, v = cache.cross[self]
         else:
-            k, v = self._keys_values(x)
+            k, v = self._keys_values(x, grad_input_mult)
             if rope is not None:
                 q, k = rope(q, cache.offset), rope(k, cache.offset)
             if self in cache.self_kv:
@@ -130,7 +153,8 @@ class Attention(UnitModule):
             mult=self.mult,
             scale_len=self.scale_len,
             training=self.training,
+            scale_output=not fold,
         )
-        if cache is not None and self.cached_rescale != 1.0:
-            out = out * self.cached_rescale
-        return self.o(out.transpose(1, 2).reshape(b, t, self.n_heads * self.d_head))
+        out = out.transpose(1, 2).reshape(b, t, self.n_heads * self.d_head)
+        in_mult = self.output_scale if fold else (self.cached_rescale if cache is not None else 1.0)
+        return self.o(out, input_mult=in_mult, output_mult=output_mult)

@@ -58,6 +58,8 @@ class AbsolutePositions(UnitModule):
             pos = self.sinusoid[offset : offset + length].to(x.dtype)
         # Equal-weight sum keeps unit RMS (umup) with the same factor on both gradients, so a
         # token table also used as the readout (tied) keeps a valid gradient; sp adds plainly.
+        # Its 1/√2 is a pass of its own: the lookups before it have no scale argument (rope,
+        # the default, adds nothing here).
         return self.F.add(x, pos.expand_as(x))
 
 

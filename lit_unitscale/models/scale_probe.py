@@ -10,7 +10,7 @@ from torch import nn
 from lit_unitscale.models.attention import Attention
 from lit_unitscale.models.stack import MLP, Block
 from lit_unitscale.models.transformer import TokenEmbedding
-from lit_unitscale.unit import Linear, LinearReadout, named_param_specs
+from lit_unitscale.unit import Linear, LinearReadout, fp8, named_param_specs
 
 PROBED = (Linear, Attention, MLP, Block, TokenEmbedding)
 
@@ -47,18 +47,55 @@ def rms(t: torch.Tensor) -> float:
     return t.detach().float().pow(2).mean().sqrt().item()
 
 
+def folded_multipliers(model: nn.Module) -> dict[str, tuple[float, float]]:
+    """Constants that ride in a module's output GEMM but belong to the op after it, as
+    (factor on the output, factor on its gradient) per module name: a residual branch's weight
+    (in its last projection and so in the branch module's output; the value only) and the
+    GELU's input multiplier (in the up projection; value ×m, gradient ÷m).
+
+    Args:
+        model: any model built from :class:`Block` and :class:`MLP`.
+    """
+    factors: dict[str, tuple[float, float]] = {}
+
+    def fold(key: str, value: float, grad: float) -> None:
+        v, g = factors.get(key, (1.0, 1.0))
+        factors[key] = (v * value, g * grad)
+
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, Block):
+            branches = ["attn"] + (["cross"] if module.cross is not None else []) + ["mlp"]
+            for branch, tau in zip(branches, module.taus, strict=True):
+                weight = module.F.residual_weights(tau)[0] or 1.0
+                last = "o" if branch != "mlp" else "down"
+                fold(f"{prefix}{branch}", weight, 1.0)
+                fold(f"{prefix}{branch}.{last}", weight, 1.0)
+        if isinstance(module, MLP) and not fp8.fp8_enabled():
+            fold(f"{prefix}up", module.up_mult, 1 / module.up_mult)
+    return factors
+
+
 def probe_scales(model: nn.Module, run) -> list[Row]:
-    """Run ``run(model) -> loss``, backward, and return one Row per recorded tensor."""
+    """Run ``run(model) -> loss``, backward, and return one Row per recorded tensor.
+
+    A module's output and its gradient are reported without the constants folded into them
+    that belong to the op after (:func:`folded_multipliers`): the table reads as the composed
+    ops do."""
     rows: list[Row] = []
     handles = []
     whats = {}
+    unfold = folded_multipliers(model)
 
     def hook(name: str, what: str):
         def fwd(_m, _inp, out):
-            rows.append(Row(name, what, "act", rms(out), _layer(name)))
+            value, grad = unfold.get(name, (1.0, 1.0))
+            rows.append(Row(name, what, "act", rms(out) / abs(value), _layer(name)))
             if out.requires_grad:
                 out.register_hook(
-                    lambda g: rows.append(Row(name, what, "act_grad", rms(g), _layer(name)))
+                    lambda g: rows.append(
+                        Row(name, what, "act_grad", rms(g) / abs(grad), _layer(name))
+                    )
                 )
 
         return fwd

@@ -1,8 +1,14 @@
 """The one Transformer stack behind encoders, decoders and encoder-decoders.
 
 Pre-norm blocks; each residual branch (self-attention, cross-attention, MLP) is merged with the
-stream by ``residual_split``/``residual_add`` at a weight τ from the u-μP depth rule, so the
+stream at a weight τ from the u-μP depth rule (``unit.functional.residual_taus``), so the
 stream keeps unit scale at any depth. Under ``sp`` the same code is a plain pre-norm Transformer.
+
+No scale here is a pass of its own: a branch's weights ride in its first linears' grad-input
+GEMMs and its last linear's output GEMM, the skip's in the stream's add (forward) and in the
+add that sums the stream's two gradients (backward); attention and activation output scales
+ride in the following projection. The monitored tensors (block outputs and their gradients)
+are exactly those of the composed ops.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ from torch import Tensor, nn
 from lit_unitscale.models.attention import Attention, KVCache
 from lit_unitscale.models.config import TransformerConfig
 from lit_unitscale.models.positions import RelativePositionBias, RotaryEmbedding
-from lit_unitscale.unit import LayerNorm, Linear, RMSNorm, UnitModule, set_depth
+from lit_unitscale.unit import LayerNorm, Linear, RMSNorm, UnitModule, fp8, set_depth
+from lit_unitscale.unit.functional import residual_taus
 
 
 def make_norm(config: TransformerConfig) -> nn.Module:
@@ -24,32 +31,6 @@ def make_norm(config: TransformerConfig) -> nn.Module:
         elementwise_affine=config.norm_affine,
         parametrization=config.parametrization,
     )
-
-
-def branch_taus(kinds: list[str], residual_mult: float, residual_attn_ratio: float) -> list[float]:
-    """u-μP residual weights τ for a sequence of branches (``"attn"`` or ``"mlp"``).
-
-    Branch i of kind k has weight ``a_i = alpha_k / sqrt(n_k)`` relative to the embedding, with
-    ``alpha_mlp = residual_mult * sqrt(2 / (1 + ratio**2))`` and ``alpha_attn = ratio * alpha_mlp``,
-    so all attention branches together contribute ``alpha_attn**2`` and all MLP branches
-    ``alpha_mlp**2``; τ_i is a_i over the stream's scale before it. For alternating attn/mlp
-    stacks this is exactly ``unit.functional.residual_tau``; it also covers decoders with
-    cross-attention (three branches per layer).
-
-    Args:
-        kinds: branch kinds in stream order.
-        residual_mult: contribution of all residual branches relative to the embedding.
-        residual_attn_ratio: contribution of attention branches relative to MLP branches.
-    """
-    alpha_mlp = residual_mult * (2 / (1 + residual_attn_ratio**2)) ** 0.5
-    alpha = {"attn": residual_attn_ratio * alpha_mlp, "mlp": alpha_mlp}
-    count = {k: kinds.count(k) for k in ("attn", "mlp")}
-    taus, stream_var = [], 1.0
-    for kind in kinds:
-        a2 = alpha[kind] ** 2 / count[kind]
-        taus.append((a2 / stream_var) ** 0.5)
-        stream_var += a2
-    return taus
 
 
 class MLP(UnitModule):
@@ -72,15 +53,23 @@ class MLP(UnitModule):
         else:
             self.up = Linear(d, h, parametrization=p)
             self.down = Linear(h, d, parametrization=p)
+        # The activation's constants, folded into up's and down's GEMMs.
+        self.up_mult, self.down_mult = self.F.mlp_multipliers(self.kind, self.mult)
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.up(x)
+    def forward(self, x: Tensor, output_mult: float = 1.0, grad_input_mult: float = 1.0) -> Tensor:
+        """``output_mult`` weighs the output value, ``grad_input_mult`` the gradient of ``x``."""
+        if not fp8.fp8_enabled():
+            h = self.up(x, input_mult=self.up_mult, grad_input_mult=grad_input_mult)
+            h = self.F.mlp_activation(h, self.kind, self.mult)
+            return self.down(h, input_mult=self.down_mult, output_mult=output_mult)
+        # FP8 simulation quantises the scaled activation itself: the composed ops.
+        h = self.up(x, grad_input_mult=grad_input_mult)
         if self.kind == "swiglu":
             value, gate = h.chunk(2, dim=-1)
             h = self.F.silu_glu(value, gate, mult=self.mult)
         else:
             h = self.F.gelu(h, mult=self.mult)
-        return self.down(h)
+        return self.down(h, output_mult=output_mult)
 
 
 class Block(UnitModule):
@@ -106,18 +95,20 @@ class Block(UnitModule):
         else:
             self.cross = None
         self.mlp_norm, self.mlp = make_norm(config), MLP(config)
+        # The stack's one factor on the memory's summed gradient (see TransformerStack).
+        self.memory_grad_mult = 1.0
 
     def _branch(self, x: Tensor, tau: float, norm: nn.Module, fn, **kwargs) -> Tensor:
-        residual, skip = self.F.residual_split(x, tau)
-        # Other tensors the branch reads (memory, a shared position bias) get the same
-        # backward weight as the stream, so their gradients summed over branches stay valid.
-        kwargs = {
-            k: self.F.residual_read(v, tau) if isinstance(v, Tensor) and v.requires_grad else v
-            for k, v in kwargs.items()
-        }
-        residual = fn(norm(residual), **kwargs)
-        residual = self.F.dropout(residual, self.dropout_p, self.training)
-        return self.F.residual_add(residual, skip, tau)
+        branch_w, skip_w = self.F.residual_weights(tau)
+        residual, skip = self.F.residual_fork(x, skip_w)
+        # The branch weight on the normalised input's gradient reaches the norm's gain too;
+        # its gradient scale takes it back out.
+        h = norm(residual, weight_grad_mult=1 / branch_w if branch_w else 1.0)
+        # Every other tensor the branch reads (an encoder's memory, a shared position bias)
+        # gets the same backward weight inside fn, so gradients summed over branches stay valid.
+        h = fn(h, output_mult=branch_w, grad_input_mult=branch_w, **kwargs)
+        h = self.F.dropout(h, self.dropout_p, self.training)
+        return self.F.residual_merge(h, skip, skip_w)
 
     def forward(
         self,
@@ -141,6 +132,7 @@ class Block(UnitModule):
                 memory=memory,
                 mask=memory_mask,
                 cache=cache,
+                memory_grad_mult=self.memory_grad_mult,
             )
         return self._branch(x, next(taus), self.mlp_norm, self.mlp)
 
@@ -165,16 +157,20 @@ class TransformerStack(UnitModule):
         super().__init__(config.parametrization)
         n = n_layers or config.n_layers
         per_layer = ["attn", "attn", "mlp"] if cross_attend else ["attn", "mlp"]
-        taus = branch_taus(per_layer * n, config.residual_mult, config.residual_attn_ratio)
+        taus = residual_taus(per_layer * n, config.residual_mult, config.residual_attn_ratio)
         k = len(per_layer)
         self.layers = nn.ModuleList(
             Block(config, causal, cross_attend, taus[i * k : (i + 1) * k]) for i in range(n)
         )
         set_depth(self.layers, n)
         # Each layer's cross-attention reads the memory with its branch's backward weight;
-        # this factor brings their sum back to unit RMS (one constant for every read).
+        # this factor brings their sum back to unit RMS (one constant for every read, riding
+        # in each read's key/value GEMM).
         cross = [taus[i * k + 1] for i in range(n)] if cross_attend else []
         self.memory_grad_scale = sum(t**2 / (1 + t**2) for t in cross) ** -0.5 if cross else 1.0
+        if config.parametrization == "umup":
+            for layer in self.layers:
+                layer.memory_grad_mult = self.memory_grad_scale
         self.final_norm = make_norm(config)
         self.final_norm.monitor_role = "final_norm"
         self.causal = causal

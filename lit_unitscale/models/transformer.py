@@ -128,7 +128,9 @@ class EncoderDecoder(UnitModule):
         x = self.encoder.embed(input_ids, tokens)
         if self.shared_embedding and self.parametrization == "umup":
             # The memory's gradient is scaled by memory_grad_scale (see decode); undo it on the
-            # path back to a table the decoder also reads, so both reads stay alike.
+            # path back to a table the decoder also reads, so both reads stay alike. Its own
+            # pass (encoder-decoders with one vocabulary only): folded into the table's scatter
+            # instead, it would move the embedding output's monitored gradient.
             x = self.F.scale_bwd(x, 1 / self.decoder.memory_grad_scale)
         return self.encoder.stack(x, key_mask=attention_mask)
 
@@ -147,8 +149,7 @@ class EncoderDecoder(UnitModule):
         ``cache``: decode incrementally, ``decoder_input_ids`` being the tokens after the
         cached ones (the memory's keys and values are computed on the first call only)."""
         embed = self.encoder.embed if self.shared_embedding else self.tgt_embed
-        if self.parametrization == "umup":
-            memory = self.F.scale_bwd(memory, self.decoder.memory_grad_scale)
+        # The decoder stack applies memory_grad_scale in each read's key/value GEMM.
         if cache is None:
             x = embed(decoder_input_ids, tokens)
             return self.decoder(x, memory=memory, memory_key_mask=memory_mask)

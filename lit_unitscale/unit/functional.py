@@ -6,6 +6,14 @@ Names and arguments mirror ``torch.nn.functional`` and Graphcore's ``unit_scalin
 Where our numbers deliberately differ from that library: ``cross_entropy`` averages over the
 non-ignored rows (as torch does), and weight-gradient scales count the global batch (see
 :mod:`lit_unitscale.unit.global_batch`).
+
+Every constant scale rides in a kernel that runs anyway (:mod:`lit_unitscale.unit.kernels`):
+linears take their three scales as GEMM ``alpha``s, attention its logit multiplier as SDPA's
+``scale``, and the multipliers of attention outputs, activations and residual branches are
+folded by the models into the neighbouring linears (``*_multipliers``, ``scale_output=False``,
+``residual_fork``/``residual_merge``). The ops keep their composed definition (a scale pass per
+constant) under :func:`~lit_unitscale.unit.scale.true_gradients` and FP8 simulation, which
+quantises the scaled operands themselves.
 """
 
 from __future__ import annotations
@@ -20,6 +28,13 @@ from torch import Tensor
 from lit_unitscale.unit import fp8
 from lit_unitscale.unit.constraints import Constraint, apply_constraint
 from lit_unitscale.unit.global_batch import weight_grad_scale
+from lit_unitscale.unit.kernels import (
+    ResidualFork,
+    ResidualMerge,
+    ScaledEmbedding,
+    UnitCrossEntropy,
+    scaled_linear,
+)
 from lit_unitscale.unit.scale import (
     log_interpolate,
     scale,
@@ -45,8 +60,13 @@ __all__ = [
     "residual_split",
     "residual_add",
     "residual_read",
+    "residual_weights",
+    "residual_fork",
+    "residual_merge",
+    "residual_taus",
     "add",
-    "residual_tau",
+    "mlp_multipliers",
+    "mlp_activation",
     "attention_scale",
     "scaled_dot_product_attention",
     "cross_entropy",
@@ -123,6 +143,45 @@ def silu_glu(input: Tensor, gate: Tensor, mult: float = 1.0) -> Tensor:
     return scale_fwd(input * gate * torch.sigmoid(gate * mult), s)
 
 
+def mlp_multipliers(kind: str, mult: float = 1.0) -> tuple[float, float]:
+    """``(up, down)``: the unit-scaled activation as ``down * act(up * h)`` with ``act`` from
+    :func:`mlp_activation`, both constants value-and-gradient multipliers that the MLP folds
+    into its up and down projections (their GEMMs' ``alpha``). Exact for :func:`gelu` under
+    its default ``to_output_scale`` constraint, whose output and input-gradient scales are one
+    number, and for :func:`silu_glu`, whose three scales are one.
+
+    Args:
+        kind: ``"gelu"`` or ``"swiglu"``.
+        mult: the activation's multiplier (u-μP's ``ffn_act_mult``).
+    """
+    if kind == "gelu":
+        alpha = _mult_alpha(mult, 4.0)
+        out_scale = log_interpolate(alpha, 2.0, (2 / (1 - 1 / math.pi)) ** 0.5)
+        return mult, out_scale / mult
+    if kind == "swiglu":
+        # The multiplier acts inside the sigmoid only, so it stays in mlp_activation.
+        return 1.0, log_interpolate(_mult_alpha(mult, 1.0), 2.0, 2**0.5)
+    raise ValueError(f"mlp kind must be 'gelu' or 'swiglu', got {kind!r}")
+
+
+def mlp_activation(h: Tensor, kind: str, mult: float = 1.0) -> Tensor:
+    """The MLP's nonlinearity without its constants (see :func:`mlp_multipliers`):
+    ``gelu(h)``, or for SwiGLU ``value * gate * sigmoid(mult * gate)`` of ``h``'s two halves.
+
+    Args:
+        h: up-projection output (SwiGLU: value and gate concatenated on the last dimension).
+        kind: ``"gelu"`` or ``"swiglu"``.
+        mult: SwiGLU's multiplier inside the sigmoid (gelu's is folded into ``up``).
+    """
+    if kind == "gelu":
+        return F.gelu(h)
+    value, gate = h.chunk(2, dim=-1)
+    if mult == 1.0:
+        return value * F.silu(gate)
+    # mult scales only the sigmoid's argument, not the gate it multiplies: its own pass.
+    return value * gate * torch.sigmoid(gate * mult)
+
+
 def softmax(
     input: Tensor,
     dim: int,
@@ -185,6 +244,12 @@ def matmul(left: Tensor, right: Tensor, constraint: Constraint = "to_output_scal
     return scale_fwd(fp8.matmul_output(torch.matmul(left, right)), out_s)
 
 
+def _composed() -> bool:
+    # FP8 simulation quantises the unit-scaled operands themselves, and true-gradient mode
+    # drops every backward-only scale: both need each scale as its own step.
+    return fp8.fp8_enabled() or true_gradients_enabled()
+
+
 def linear(
     input: Tensor,
     weight: Tensor,
@@ -193,43 +258,66 @@ def linear(
     scale_power: tuple[float, float, float] = (0.5, 0.5, 0.5),
     parts: int = 1,
     tokens: int | None = None,
+    input_mult: float = 1.0,
+    output_mult: float = 1.0,
+    grad_input_mult: float = 1.0,
 ) -> Tensor:
-    """Unit-scaled ``input @ weight.T + bias``.
+    """Unit-scaled ``input @ weight.T + bias``: one GEMM forward, two backward, each with its
+    scale as ``alpha`` (see :func:`lit_unitscale.unit.kernels.scaled_linear`).
 
     The bias is added to the unit-scaled product unscaled (so its effect, and with u-μP's LR
     multiplier 1 its learning rate, does not shrink with fan-in; the reference library scales
     it with the product).
+
+    The three multipliers let a caller fold a neighbour's constant into this op's kernels, at
+    no cost and with the same values and gradients as applying it separately.
 
     Args:
         input: ``(..., fan_in)`` tensor.
         weight: ``(fan_out, fan_in)`` weight.
         bias: optional ``(fan_out,)`` bias.
         constraint: scale constraint between output and input gradient.
-        scale_power: powers for the (output, input-grad, weight-grad) scales.
+        scale_power: powers for the (output, grad-input, grad-weight) scales.
         parts: equal projections fused into this one (SwiGLU's gate and up: 2); the
-            input-gradient scale counts the width of one part, as separate projections would.
+            grad-input scale counts the width of one part, as separate projections would.
         tokens: rows the weight's gradient sums over in this step (None: this call's); a
             weight read several times in one step passes the total, so every read carries the
             same backward factor.
+        input_mult: a constant the input is multiplied by, value and gradient alike (the
+            output scale of the op before, e.g. attention or an activation).
+        output_mult: a factor on the output value only (a residual branch's weight).
+        grad_input_mult: a factor on the input's gradient only (a residual branch's backward
+            weight).
     """
     fan_out, fan_in = weight.shape
     tokens = tokens or input.numel() // fan_in
-    out_s, in_s = apply_constraint(
+    output_scale, grad_input_scale = apply_constraint(
         constraint, fan_in ** -scale_power[0], (fan_out // parts) ** -scale_power[1]
     )
-    w_s = weight_grad_scale(tokens) ** (scale_power[2] / 0.5)
-    bias = scale_bwd(bias, w_s) if bias is not None else None
+    grad_weight_scale = weight_grad_scale(tokens) ** (scale_power[2] / 0.5)
+    if not _composed():
+        return scaled_linear(
+            input,
+            weight,
+            bias,
+            output_scale=output_scale * input_mult * output_mult,
+            grad_input_scale=grad_input_scale * input_mult * grad_input_mult,
+            grad_weight_scale=grad_weight_scale * input_mult,
+            bias_scale=output_mult,
+            grad_bias_scale=grad_weight_scale,
+        )
+    input = scale_bwd(scale(input, fwd=input_mult, bwd=input_mult), grad_input_mult)
+    bias = scale_bwd(bias, grad_weight_scale) if bias is not None else None
     if fp8.fp8_enabled():
-        # FP8 simulation quantises the unit-scaled operands themselves, so scale outside.
-        input, weight = fp8.matmul_inputs(scale_bwd(input, in_s), scale_bwd(weight, w_s))
-        out = scale_fwd(fp8.matmul_output(F.linear(input, weight)), out_s)
-        return out + bias if bias is not None else out
-    # Same maths, cheaper: fold the output scale into the weight (fan_in x fan_out elements
-    # instead of tokens x fan_out). Through x @ (out_s * w).T autograd already scales the
-    # input gradient by out_s, so only the remaining in_s / out_s is applied (none at all under
-    # to_output_scale); the weight's own gradient scale replaces out_s in its backward.
-    weight = scale(weight, fwd=out_s, bwd=w_s)
-    return F.linear(scale_bwd(input, in_s / out_s), weight, bias)
+        input, weight = fp8.matmul_inputs(
+            scale_bwd(input, grad_input_scale), scale_bwd(weight, grad_weight_scale)
+        )
+        out = scale_fwd(fp8.matmul_output(F.linear(input, weight)), output_scale)
+        out = out + bias if bias is not None else out
+        return scale_fwd(out, output_mult)
+    weight = scale(weight, fwd=output_scale, bwd=grad_weight_scale)
+    out = F.linear(scale_bwd(input, grad_input_scale / output_scale), weight, bias)
+    return scale_fwd(out, output_mult)
 
 
 def linear_readout(
@@ -259,8 +347,12 @@ def layer_norm(
     weight: Tensor | None = None,
     bias: Tensor | None = None,
     eps: float = 1e-5,
+    weight_grad_mult: float = 1.0,
 ) -> Tensor:
     """Layer norm with unit-scaled weight and bias gradients.
+
+    The norm's backward makes its input and parameter gradients from one incoming gradient,
+    so the parameters' scale cannot ride in it: it is a pass over the (dim,)-sized gradients.
 
     Args:
         input: input tensor.
@@ -268,8 +360,10 @@ def layer_norm(
         weight: optional elementwise gain.
         bias: optional elementwise bias.
         eps: added to the variance.
+        weight_grad_mult: a factor on the gain's and bias's gradient scale (undoes a factor a
+            caller folded into the gradient arriving at the output).
     """
-    s = weight_grad_scale(input.numel() // math.prod(normalized_shape))
+    s = weight_grad_scale(input.numel() // math.prod(normalized_shape)) * weight_grad_mult
     weight = scale_bwd(weight, s) if weight is not None else None
     bias = scale_bwd(bias, s) if bias is not None else None
     return F.layer_norm(input, tuple(normalized_shape), weight, bias, eps)
@@ -280,24 +374,33 @@ def rms_norm(
     normalized_shape: Sequence[int],
     weight: Tensor | None = None,
     eps: float = 1e-5,
+    weight_grad_mult: float = 1.0,
 ) -> Tensor:
-    """RMS norm with a unit-scaled weight gradient.
+    """RMS norm with a unit-scaled weight gradient (a pass over the (dim,)-sized gradient, as
+    in :func:`layer_norm`).
 
     Args:
         input: input tensor.
         normalized_shape: trailing dimensions to normalise.
         weight: optional elementwise gain.
         eps: added to the mean square.
+        weight_grad_mult: a factor on the gain's gradient scale (see :func:`layer_norm`).
     """
     if weight is not None:
-        weight = scale_bwd(weight, weight_grad_scale(input.numel() // math.prod(normalized_shape)))
+        s = weight_grad_scale(input.numel() // math.prod(normalized_shape)) * weight_grad_mult
+        weight = scale_bwd(weight, s)
     return F.rms_norm(input, tuple(normalized_shape), weight, eps)
 
 
 def embedding(
-    input: Tensor, weight: Tensor, padding_idx: int | None = None, tokens: int | None = None
+    input: Tensor,
+    weight: Tensor,
+    padding_idx: int | None = None,
+    tokens: int | None = None,
+    grad_mult: float = 1.0,
 ) -> Tensor:
-    """Embedding lookup with a unit-scaled weight gradient.
+    """Embedding lookup with a unit-scaled weight gradient (scattered with that scale as
+    ``index_add``'s ``alpha``).
 
     Args:
         input: integer indices.
@@ -305,9 +408,13 @@ def embedding(
         padding_idx: index whose row gets no gradient.
         tokens: lookups the table's gradient sums over in this step (None: this call's); a
             table read several times in one step passes the total.
+        grad_mult: a factor on the table's gradient from this read (a caller's backward
+            constant folded into the scatter).
     """
-    s = weight.shape[0] ** 0.5 * weight_grad_scale(tokens or input.numel())
-    return F.embedding(input, scale_bwd(weight, s), padding_idx)
+    s = weight.shape[0] ** 0.5 * weight_grad_scale(tokens or input.numel()) * grad_mult
+    if true_gradients_enabled():
+        return F.embedding(input, weight, padding_idx)
+    return ScaledEmbedding.apply(input, weight, padding_idx, s)
 
 
 def residual_split(input: Tensor, tau: float = 1.0) -> tuple[Tensor, Tensor]:
@@ -358,25 +465,74 @@ def add(left: Tensor, right: Tensor) -> Tensor:
     return scale(left, fwd=s, bwd=s) + scale(right, fwd=s, bwd=s)
 
 
-def residual_tau(
-    index: int, n_branches: int, residual_mult: float = 1.0, residual_attn_ratio: float = 1.0
-) -> float:
-    """u-μP depth rule: τ for residual branch ``index`` of ``n_branches`` (attn, mlp alternating).
+def residual_weights(tau: float = 1.0) -> tuple[float, float]:
+    """``(branch, skip)`` weights of a residual merge at τ: ``τ/√(1+τ²)`` and ``1/√(1+τ²)``.
 
-    Every attention branch contributes equally, every MLP branch equally, all branches together
-    ``residual_mult`` times the embedding, and attention ``residual_attn_ratio`` times MLP.
+    The same pair weighs the gradients at the split, so a stack folds them into kernels:
+    the branch weight into its last linear's output (``output_mult``) and its first linears'
+    input gradient (``grad_input_mult``), the skip weight into :func:`residual_merge`'s add
+    and :func:`residual_fork`'s gradient sum.
 
     Args:
-        index: branch position, 0-based; even = attention, odd = MLP.
-        n_branches: total number of residual branches (2 × layers).
+        tau: relative weight of the residual branch over the skip path.
+    """
+    denom = (1 + tau**2) ** 0.5
+    return tau / denom, 1 / denom
+
+
+def residual_fork(input: Tensor, skip_weight: float) -> tuple[Tensor, Tensor]:
+    """(branch input, skip) of the stream; going back, the skip's gradient is weighted by
+    ``skip_weight`` in the add that sums the two (the branch applies its own weight).
+
+    Args:
+        input: the residual stream.
+        skip_weight: the skip weight from :func:`residual_weights`.
+    """
+    if true_gradients_enabled():
+        return input, input
+    return ResidualFork.apply(input, float(skip_weight))
+
+
+def residual_merge(branch: Tensor, skip: Tensor, skip_weight: float) -> Tensor:
+    """``branch + skip_weight * skip`` in one add, the gradient passed to both unchanged; the
+    branch arrives already weighted (its last linear's ``output_mult``).
+
+    Args:
+        branch: the weighted residual branch output.
+        skip: the skip from :func:`residual_fork`.
+        skip_weight: the skip weight from :func:`residual_weights`.
+    """
+    if true_gradients_enabled():
+        return torch.add(branch, skip, alpha=skip_weight)
+    return ResidualMerge.apply(branch, skip, float(skip_weight))
+
+
+def residual_taus(
+    kinds: Sequence[str], residual_mult: float = 1.0, residual_attn_ratio: float = 1.0
+) -> list[float]:
+    """u-μP depth rule: the residual weight τ of each branch (``"attn"`` or ``"mlp"``).
+
+    Branch i of kind k has weight ``a_i = alpha_k / sqrt(n_k)`` relative to the embedding, with
+    ``alpha_mlp = residual_mult * sqrt(2 / (1 + ratio**2))`` and ``alpha_attn = ratio * alpha_mlp``,
+    so all attention branches together contribute ``alpha_attn**2`` and all MLP branches
+    ``alpha_mlp**2``; τ_i is a_i over the stream's scale before it. Covers alternating attn/mlp
+    stacks (the reference library's rule) and decoders with cross-attention (three branches
+    per layer).
+
+    Args:
+        kinds: branch kinds in stream order.
         residual_mult: contribution of all residual branches relative to the embedding.
         residual_attn_ratio: contribution of attention branches relative to MLP branches.
     """
     alpha_mlp = residual_mult * (2 / (1 + residual_attn_ratio**2)) ** 0.5
-    alpha_attn = residual_attn_ratio * alpha_mlp
-    n_attn, n_mlp = (index + 1) // 2, index // 2
-    alpha = alpha_attn if index % 2 == 0 else alpha_mlp
-    return alpha / (n_branches / 2 + n_attn * alpha_attn**2 + n_mlp * alpha_mlp**2) ** 0.5
+    alpha = {"attn": residual_attn_ratio * alpha_mlp, "mlp": alpha_mlp}
+    count = {k: list(kinds).count(k) for k in ("attn", "mlp")}
+    taus, stream_var = [], 1.0
+    for kind in kinds:
+        a2 = alpha[kind] ** 2 / count[kind]
+        taus.append((a2 / stream_var) ** 0.5)
+        stream_var += a2
+    return taus
 
 
 def attention_scale(
@@ -431,6 +587,7 @@ def scaled_dot_product_attention(
     mult: float = 1.0,
     scale_len: int | None = None,
     training: bool = True,
+    scale_output: bool = True,
 ) -> Tensor:
     """Unit-scaled attention: logits scaled by ``mult / d_head`` (u-μP), output at unit RMS.
 
@@ -455,11 +612,16 @@ def scaled_dot_product_attention(
         mult: attention-logit multiplier (a u-μP hyperparameter).
         scale_len: key count the output scale is computed for (None: the runtime key length).
         training: apply dropout (the scale keeps its dropout term either way).
+        scale_output: apply the output scale (:func:`attention_scale`, on the value and on
+            the gradients of query, key and value alike). False returns the kernel's output
+            unscaled, for a caller that folds the scale into the next linear's ``input_mult``.
     """
     *_, q_len, d_head = query.shape
     k_len = key.shape[-2]
     s = attention_scale(scale_len or k_len, d_head, is_causal, mult, dropout_p)
     attn_mask, is_causal = fold_causal(attn_mask, is_causal, q_len, k_len)
+    if not scale_output:
+        s = 1.0
     query, key, value = fp8.matmul_inputs(*(scale_bwd(t, s) for t in (query, key, value)))
     out = F.scaled_dot_product_attention(
         query,
@@ -497,9 +659,17 @@ def cross_entropy(
     """
     if input.dim() != 2:
         raise ValueError(f"cross_entropy expects (rows, classes) logits, got {tuple(input.shape)}")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     vocab = input.shape[1]
+    grad_scale = vocab / (vocab - 1) ** 0.5
+    # mult scales the logits inside the loss only (its gradient is not scaled back): a pass of
+    # its own over the logits, taken only when the multiplier is not 1.
+    logits = scale_fwd(input, mult)
+    if label_smoothing == 0.0 and not true_gradients_enabled():
+        return UnitCrossEntropy.apply(logits, target, ignore_index, reduction == "mean", grad_scale)
     loss = F.cross_entropy(
-        scale_fwd(input, mult),
+        logits,
         target,
         ignore_index=ignore_index,
         reduction="sum",
@@ -507,11 +677,9 @@ def cross_entropy(
     )
     # The logit-gradient scale, applied where the gradient is one number instead of rows x
     # classes: the backward is linear in the incoming gradient, so the result is the same.
-    loss = scale_bwd(loss, vocab / (vocab - 1) ** 0.5)
+    loss = scale_bwd(loss, grad_scale)
     if reduction == "sum":
         return loss
-    if reduction != "mean":
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     count = (target != ignore_index).sum().clamp_min(1)
     if true_gradients_enabled():
         return loss / count

@@ -135,8 +135,25 @@ class Linear(UnitModule):
                 bound = 1 / math.sqrt(self.in_features)
                 nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, input: Tensor) -> Tensor:
-        return self.F.linear(input, self.weight, self.bias, self.constraint, parts=self.parts)
+    def forward(
+        self,
+        input: Tensor,
+        input_mult: float = 1.0,
+        output_mult: float = 1.0,
+        grad_input_mult: float = 1.0,
+    ) -> Tensor:
+        """The multipliers fold a neighbour's constants into this layer's GEMMs (see
+        :func:`lit_unitscale.unit.functional.linear`)."""
+        return self.F.linear(
+            input,
+            self.weight,
+            self.bias,
+            self.constraint,
+            parts=self.parts,
+            input_mult=input_mult,
+            output_mult=output_mult,
+            grad_input_mult=grad_input_mult,
+        )
 
     def extra_repr(self) -> str:
         has_bias = self.bias is not None
@@ -213,9 +230,10 @@ class Embedding(UnitModule):
             with torch.no_grad():
                 self.weight[self.padding_idx].fill_(0)
 
-    def forward(self, input: Tensor, tokens: int | None = None) -> Tensor:
-        """``tokens``: lookups of this table in the whole step (None: this call's)."""
-        return self.F.embedding(input, self.weight, self.padding_idx, tokens)
+    def forward(self, input: Tensor, tokens: int | None = None, grad_mult: float = 1.0) -> Tensor:
+        """``tokens``: lookups of this table in the whole step (None: this call's);
+        ``grad_mult``: a factor on this read's table gradient."""
+        return self.F.embedding(input, self.weight, self.padding_idx, tokens, grad_mult)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, {self.parametrization}"
@@ -248,8 +266,11 @@ class LayerNorm(UnitModule):
             if bias:
                 self._register("bias", nn.Parameter(torch.zeros(dim)), "bias", dim)
 
-    def forward(self, input: Tensor) -> Tensor:
-        return self.F.layer_norm(input, (self.dim,), self.weight, self.bias, self.eps)
+    def forward(self, input: Tensor, weight_grad_mult: float = 1.0) -> Tensor:
+        """``weight_grad_mult``: a factor on the parameters' gradient scale."""
+        return self.F.layer_norm(
+            input, (self.dim,), self.weight, self.bias, self.eps, weight_grad_mult
+        )
 
 
 class RMSNorm(UnitModule):
@@ -275,5 +296,6 @@ class RMSNorm(UnitModule):
         if elementwise_affine:
             self._register("weight", nn.Parameter(torch.ones(dim)), "norm", dim)
 
-    def forward(self, input: Tensor) -> Tensor:
-        return self.F.rms_norm(input, (self.dim,), self.weight, self.eps)
+    def forward(self, input: Tensor, weight_grad_mult: float = 1.0) -> Tensor:
+        """``weight_grad_mult``: a factor on the gain's gradient scale."""
+        return self.F.rms_norm(input, (self.dim,), self.weight, self.eps, weight_grad_mult)

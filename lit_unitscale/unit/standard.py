@@ -15,8 +15,9 @@ from torch import Tensor
 
 from lit_unitscale.unit import fp8
 from lit_unitscale.unit.constraints import Constraint
-from lit_unitscale.unit.functional import fold_causal, residual_tau  # noqa: F401
-from lit_unitscale.unit.scale import scale_bwd, scale_fwd  # noqa: F401
+from lit_unitscale.unit.functional import fold_causal, residual_taus  # noqa: F401
+from lit_unitscale.unit.kernels import ScaledEmbedding, scaled_linear
+from lit_unitscale.unit.scale import scale, scale_bwd, scale_fwd  # noqa: F401
 
 
 def gelu(
@@ -69,10 +70,24 @@ def linear(
     scale_power: tuple[float, float, float] = (0.5, 0.5, 0.5),
     parts: int = 1,
     tokens: int | None = None,
+    input_mult: float = 1.0,
+    output_mult: float = 1.0,
+    grad_input_mult: float = 1.0,
 ) -> Tensor:
-    """Plain linear (FP8-simulated when enabled)."""
+    """Plain linear (FP8-simulated when enabled); multipliers, if any, ride in its GEMMs."""
+    if (input_mult, output_mult, grad_input_mult) != (1.0, 1.0, 1.0) and not fp8.fp8_enabled():
+        return scaled_linear(
+            input,
+            weight,
+            bias,
+            output_scale=input_mult * output_mult,
+            grad_input_scale=input_mult * grad_input_mult,
+            grad_weight_scale=input_mult,
+            bias_scale=output_mult,
+        )
+    input = scale_bwd(scale(input, fwd=input_mult, bwd=input_mult), grad_input_mult)
     input, weight = fp8.matmul_inputs(input, weight)
-    return fp8.matmul_output(F.linear(input, weight, bias))
+    return scale_fwd(fp8.matmul_output(F.linear(input, weight, bias)), output_mult)
 
 
 def linear_readout(
@@ -92,8 +107,9 @@ def layer_norm(
     weight: Tensor | None = None,
     bias: Tensor | None = None,
     eps: float = 1e-5,
+    weight_grad_mult: float = 1.0,
 ) -> Tensor:
-    """Plain layer norm."""
+    """Plain layer norm (``weight_grad_mult`` ignored)."""
     return F.layer_norm(input, tuple(normalized_shape), weight, bias, eps)
 
 
@@ -102,15 +118,22 @@ def rms_norm(
     normalized_shape: Sequence[int],
     weight: Tensor | None = None,
     eps: float = 1e-5,
+    weight_grad_mult: float = 1.0,
 ) -> Tensor:
-    """Plain RMS norm."""
+    """Plain RMS norm (``weight_grad_mult`` ignored)."""
     return F.rms_norm(input, tuple(normalized_shape), weight, eps)
 
 
 def embedding(
-    input: Tensor, weight: Tensor, padding_idx: int | None = None, tokens: int | None = None
+    input: Tensor,
+    weight: Tensor,
+    padding_idx: int | None = None,
+    tokens: int | None = None,
+    grad_mult: float = 1.0,
 ) -> Tensor:
-    """Plain embedding lookup."""
+    """Plain embedding lookup (``grad_mult``, if not 1, scales the table's gradient)."""
+    if grad_mult != 1.0:
+        return ScaledEmbedding.apply(input, weight, padding_idx, float(grad_mult))
     return F.embedding(input, weight, padding_idx)
 
 
@@ -129,6 +152,34 @@ def residual_read(input: Tensor, tau: float = 1.0) -> Tensor:
     return input
 
 
+def residual_weights(tau: float = 1.0) -> tuple[float, float]:
+    """Standard residual: branch and skip both weigh 1."""
+    return 1.0, 1.0
+
+
+def residual_fork(input: Tensor, skip_weight: float) -> tuple[Tensor, Tensor]:
+    """Standard residual: the branch and the skip both see the stream unchanged."""
+    return input, input
+
+
+def residual_merge(branch: Tensor, skip: Tensor, skip_weight: float) -> Tensor:
+    """Standard residual sum ``skip + branch``."""
+    return skip + branch if skip_weight == 1.0 else torch.add(branch, skip, alpha=skip_weight)
+
+
+def mlp_multipliers(kind: str, mult: float = 1.0) -> tuple[float, float]:
+    """Plain activations have no constants: ``(1, 1)``."""
+    return 1.0, 1.0
+
+
+def mlp_activation(h: Tensor, kind: str, mult: float = 1.0) -> Tensor:
+    """Plain GELU, or SwiGLU's ``value * silu(gate)`` of ``h``'s two halves."""
+    if kind == "gelu":
+        return F.gelu(h)
+    value, gate = h.chunk(2, dim=-1)
+    return value * F.silu(gate)
+
+
 def add(left: Tensor, right: Tensor) -> Tensor:
     """Plain sum."""
     return left + right
@@ -144,9 +195,10 @@ def scaled_dot_product_attention(
     mult: float = 1.0,
     scale_len: int | None = None,
     training: bool = True,
+    scale_output: bool = True,
 ) -> Tensor:
-    """Plain attention with the usual ``1/sqrt(d_head)`` logit scale (``mult`` and
-    ``scale_len`` ignored)."""
+    """Plain attention with the usual ``1/sqrt(d_head)`` logit scale (``mult``, ``scale_len``
+    and ``scale_output`` ignored: it has no output scale)."""
     attn_mask, is_causal = fold_causal(attn_mask, is_causal, query.shape[-2], key.shape[-2])
     query, key, value = fp8.matmul_inputs(query, key, value)
     out = F.scaled_dot_product_attention(

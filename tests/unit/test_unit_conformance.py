@@ -399,9 +399,9 @@ def test_residual_split_add(shape, tau):
 def test_residual_tau_matches_reference_rule(residual_mult, residual_attn_ratio, layers):
     rule = transformer_residual_scaling_rule(residual_mult, residual_attn_ratio)
     n = 2 * layers
+    taus = U.residual_taus(["attn", "mlp"] * layers, residual_mult, residual_attn_ratio)
     for index in range(n):
-        ours = U.residual_tau(index, n, residual_mult, residual_attn_ratio)
-        assert ours == pytest.approx(rule(index, n), rel=1e-12)
+        assert taus[index] == pytest.approx(rule(index, n), rel=1e-12)
 
 
 # --- cross entropy -----------------------------------------------------------------------------

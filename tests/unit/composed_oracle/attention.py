@@ -7,9 +7,9 @@ import torch
 from torch import Tensor, nn
 
 from lit_unitscale.models.config import TransformerConfig
-from tests.unit.composed_oracle.positions import RotaryEmbedding
-from tests.unit.composed_oracle.modules import Linear, UnitModule
 from tests.unit.composed_oracle.functional import attention_scale
+from tests.unit.composed_oracle.modules import Linear, UnitModule
+from tests.unit.composed_oracle.positions import RotaryEmbedding
 
 
 class KVCache:

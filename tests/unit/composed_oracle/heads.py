@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from tests.unit.composed_oracle.attention import KVCache
 from lit_unitscale.models.config import TransformerConfig
+from tests.unit.composed_oracle.attention import KVCache
+from tests.unit.composed_oracle.modules import LinearReadout, UnitModule
 from tests.unit.composed_oracle.stack import TransformerStack, make_norm
 from tests.unit.composed_oracle.transformer import Decoder, Encoder, EncoderDecoder
-from tests.unit.composed_oracle.modules import LinearReadout, UnitModule
 
 
 class _WithHead(UnitModule):

@@ -28,6 +28,7 @@ def functional_for(parametrization: Parametrization) -> ModuleType:
         raise ValueError(parametrization)
     return functional if parametrization == "umup" else standard
 
+
 Role = Literal["weight", "output", "embedding", "bias", "norm"]
 ROLES = ("weight", "output", "embedding", "bias", "norm")
 

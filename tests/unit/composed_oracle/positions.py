@@ -8,8 +8,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from tests.unit.composed_oracle.modules import Embedding, UnitModule
 from lit_unitscale.unit.global_batch import weight_grad_scale
+from tests.unit.composed_oracle.modules import Embedding, UnitModule
 
 
 def sinusoidal_table(length: int, dim: int) -> Tensor:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from tests.unit.composed_oracle.attention import Attention, KVCache
 from lit_unitscale.models.config import TransformerConfig
-from tests.unit.composed_oracle.positions import RelativePositionBias, RotaryEmbedding
+from tests.unit.composed_oracle.attention import Attention, KVCache
 from tests.unit.composed_oracle.modules import LayerNorm, Linear, RMSNorm, UnitModule, set_depth
+from tests.unit.composed_oracle.positions import RelativePositionBias, RotaryEmbedding
 
 
 def make_norm(config: TransformerConfig) -> nn.Module:

@@ -15,8 +15,8 @@ from torch import Tensor
 
 from lit_unitscale.unit import fp8
 from lit_unitscale.unit.constraints import Constraint
-from tests.unit.composed_oracle.functional import fold_causal, residual_tau  # noqa: F401
 from lit_unitscale.unit.scale import scale_bwd, scale_fwd  # noqa: F401
+from tests.unit.composed_oracle.functional import fold_causal, residual_tau  # noqa: F401
 
 
 def gelu(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tests.unit.composed_oracle.attention import KVCache
 from lit_unitscale.models.config import TransformerConfig
+from tests.unit.composed_oracle.attention import KVCache
+from tests.unit.composed_oracle.modules import Embedding, UnitModule
 from tests.unit.composed_oracle.positions import AbsolutePositions
 from tests.unit.composed_oracle.stack import TransformerStack
-from tests.unit.composed_oracle.modules import Embedding, UnitModule
 
 
 class TokenEmbedding(UnitModule):
