@@ -447,6 +447,7 @@ def tune(
     from lit_unitscale.tools.search import build_from_recipe
     from lit_unitscale.tools.slurm import load_recipe
 
+    trainer = load_recipe(list(config)).get("trainer", {})  # a missing file, in one line
     task, datamodule = build_from_recipe(config)
     search, target_steps = proxy_search(
         config,
@@ -459,7 +460,6 @@ def tune(
         list(hyperparameters or HYPERPARAMETERS),
         weight_decays,
     )
-    trainer = load_recipe(list(config)).get("trainer", {})
     out.mkdir(parents=True, exist_ok=True)
     if objective is None:
         objective = RecipeObjective.of(
