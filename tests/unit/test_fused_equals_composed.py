@@ -38,11 +38,14 @@ def _run(fn, tensors: list[torch.Tensor], seed: int):
 
 
 def assert_same(fused, composed, tensors: list[torch.Tensor], seed: int = 0) -> None:
+    """Max-norm relative error <= TOL; a tensor that is zero in exact arithmetic (the query
+    gradient with one key) is held to 1e-12 absolute instead, its rounding noise ~1e-16."""
     got, want = _run(fused, tensors, seed), _run(composed, tensors, seed)
     for i, (a, b) in enumerate(zip(got, want, strict=True)):
         assert (a is None) == (b is None), i
         if a is not None:
-            assert rel_err(a, b) <= TOL, (i, rel_err(a, b))
+            err = (a - b).abs().max().item() / max(b.abs().max().item(), 1e-6)
+            assert err <= TOL, (i, err, rel_err(a, b))
 
 
 def rnd(*shape: int, seed: int) -> torch.Tensor:
