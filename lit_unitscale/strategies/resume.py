@@ -72,17 +72,22 @@ class ResumableSampler(DistributedSampler):
         n = len(self.dataset)
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(n, generator=generator).tolist()
+            order = torch.randperm(n, generator=generator)
         else:
-            order = list(range(n))
+            order = torch.arange(n)
         start, self.start = min(self.start, n), 0
         rest = order[start:]
         # Pad with the order's start, as DistributedSampler does: with ``start`` a multiple of
         # num_replicas this is exactly the uninterrupted epoch's tail.
         size = math.ceil(len(rest) / self.num_replicas) * self.num_replicas
         pad = size - len(rest)
-        rest += (order * math.ceil(pad / max(n, 1)))[:pad]
-        return iter(rest[self.rank : size : self.num_replicas])
+        if pad:
+            rest = torch.cat([rest, order.repeat(math.ceil(pad / max(n, 1)))[:pad]])
+        mine = rest[self.rank : size : self.num_replicas]
+        # The order stays one int64 tensor (8 bytes an example: token-shard corpora have
+        # millions of blocks); Python ints are made a slice at a time.
+        for begin in range(0, len(mine), 8192):
+            yield from mine[begin : begin + 8192].tolist()
 
 
 def _shuffles(sampler: Any) -> bool | None:
