@@ -28,15 +28,17 @@ def interleaved_medians(
     candidates: dict[str, Callable[[], None]], repeats: int, warmup: int = 2
 ) -> dict[str, dict[str, float]]:
     """Time each candidate ``repeats`` times, alternating between them so machine noise hits all
-    alike; return median, min and max seconds per call for each."""
+    alike (the order rotates every round, so none always runs first or after the same one);
+    return median, min and max seconds per call for each."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, fn in candidates.items():
+    names = list(candidates)
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
-            fn()
+            candidates[name]()
             times[name].append(time.perf_counter() - t0)
     return {
         name: {

@@ -15,6 +15,9 @@ Parts (``--parts``, comma-separated):
 - ``fsdp2_dtypes``: the dtypes FSDP2 all-gathers and reduce-scatters in under 32-true and
   bf16-mixed (expected: fp32/fp32 and bf16/fp32).
 - ``fp8``: ``torch._scaled_mm`` (E4M3 × E4M3) against a bf16 matmul: TFLOP/s of each.
+- ``umup_vs_sp``: a d_model-2048 decoder in bf16-mixed, u-μP and SP steps interleaved (eager,
+  and compiled on CUDA): tokens/s, MFU and the u-μP/SP ratio (goal >= 1.00: every unit scale
+  rides in a kernel SP runs too). ``--device cpu --quick`` runs a tiny one, to check the part.
 - ``syncs``: ``aten::_local_scalar_dense`` on CUDA tensors per training micro-batch of the
   tiny decoder through the Trainer (expected 0 outside logging steps).
 - ``scale_monitor_offload``: ScaleMonitor every step under DeepSpeed ZeRO-3 with CPU offload
@@ -43,7 +46,15 @@ import torch.distributed as dist
 from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("fsdp2_dtypes", "fp8", "syncs", "throughput", "fsdp2", "scale_monitor_offload")
+PARTS = (
+    "fsdp2_dtypes",
+    "fp8",
+    "syncs",
+    "throughput",
+    "umup_vs_sp",
+    "fsdp2",
+    "scale_monitor_offload",
+)
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s) from the vendors' data sheets.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 
@@ -199,6 +210,67 @@ def part_throughput(device: str, steps: int) -> dict[str, Any]:
         torch.manual_seed(0)
         model = DecoderLM(config).to(device)
         out[name] = _train_loop(model, plugin, config, shape, steps, device)
+    return out
+
+
+def part_umup_vs_sp(device: str, steps: int) -> dict[str, Any]:
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from lit_unitscale.models import DecoderLM, TransformerConfig
+    from lit_unitscale.unit import param_groups
+
+    small = device == "cpu"  # a shape that checks the part, not one that measures
+    d, layers, batch, seq = (128, 2, 2, 64) if small else (2048, 8, 8, 1024)
+    plugin = MixedPrecision("bf16-mixed", device)
+    modes = ("eager",) if small else ("eager", "compiled")
+    out: dict[str, Any] = {"d_model": d, "layers": layers, "batch": batch, "seq": seq}
+    steps_of, flops = {}, {}
+    for p in ("umup", "sp"):
+        config = TransformerConfig(
+            vocab_size=10_000, d_model=d, n_layers=layers, n_heads=d // 128 or 1,
+            max_seq_len=seq, parametrization=p,
+        )  # fmt: skip
+        for mode in modes:
+            torch.manual_seed(0)
+            model = DecoderLM(config).to(device)
+            flops[p] = _flops_per_token(model, config, seq)
+            opt = torch.optim.AdamW(param_groups(model, 1e-3, parametrization=p))
+            fwd = torch.compile(model) if mode == "compiled" else model
+
+            def step(model=model, fwd=fwd, opt=opt):
+                ids = torch.randint(0, 10_000, (batch, seq), device=device)
+                with plugin.forward_context():
+                    loss = model.loss(fwd(ids), ids)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+            steps_of[f"{p}_{mode}"] = step
+    times: dict[str, list[float]] = defaultdict(list)
+    names = list(steps_of)
+    for r in range(steps + 2):  # candidates alternate, the order rotating every round
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            steps_of[name]()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if r >= 2:  # warm-up: compilation, allocator, kernels picked
+                times[name].append(time.perf_counter() - start)
+    peak = _peak(device)
+    for name, ts in times.items():
+        seconds = sorted(ts)[len(ts) // 2]
+        tokens = batch * seq / seconds
+        achieved = tokens * flops[name.split("_")[0]] / 1e12
+        out[name] = {
+            "tokens_per_s": round(tokens, 1),
+            "spread_pct": round(100 * (max(ts) - min(ts)) / seconds, 1),
+            "mfu": None if peak is None else round(achieved / peak, 4),
+        }
+    for mode in modes:
+        sp, umup = out[f"sp_{mode}"]["tokens_per_s"], out[f"umup_{mode}"]["tokens_per_s"]
+        out[f"umup_vs_sp_{mode}"] = round(umup / sp, 3)
     return out
 
 
@@ -385,6 +457,7 @@ def main(argv: list[str] | None = None) -> None:
         "fp8": lambda: part_fp8(args.device, steps),
         "syncs": lambda: part_syncs(args.device, steps, root),
         "throughput": lambda: part_throughput(args.device, steps),
+        "umup_vs_sp": lambda: part_umup_vs_sp(args.device, steps),
         "fsdp2": lambda: part_fsdp2(args.device, steps),
         "scale_monitor_offload": lambda: part_scale_monitor_offload(args.device, steps, root),
     }

@@ -55,13 +55,21 @@ class ScaledLinear(torch.autograd.Function):
         grad_bias_scale: float,
         gemm: Gemm,
     ) -> Tensor:
+        device = input.device.type
+        if torch.is_autocast_enabled(device):
+            # As autocast runs F.linear: operands cast to its dtype, and those copies saved,
+            # so the backward GEMMs (run outside autocast) see one dtype.
+            dtype = torch.get_autocast_dtype(device)
+            input, weight = input.to(dtype), weight.to(dtype)
+            bias = bias.to(dtype) if bias is not None else None
         x2 = input.reshape(-1, input.shape[-1])
-        if bias is None:
-            out = gemm(x2, weight.t(), output_scale)
-        elif gemm is addmm_gemm:
-            out = torch.addmm(bias, x2, weight.t(), beta=bias_scale, alpha=output_scale)
-        else:
-            out = gemm(x2, weight.t(), output_scale).add_(bias, alpha=bias_scale)
+        with torch.autocast(device, enabled=False):
+            if bias is None:
+                out = gemm(x2, weight.t(), output_scale)
+            elif gemm is addmm_gemm:
+                out = torch.addmm(bias, x2, weight.t(), beta=bias_scale, alpha=output_scale)
+            else:
+                out = gemm(x2, weight.t(), output_scale).add_(bias, alpha=bias_scale)
         ctx.save_for_backward(x2, weight)
         ctx.scales = grad_input_scale, grad_weight_scale, grad_bias_scale
         ctx.gemm, ctx.has_bias, ctx.in_shape = gemm, bias is not None, input.shape

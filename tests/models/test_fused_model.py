@@ -139,3 +139,25 @@ def test_composed_paths_unchanged(arch, context):
         attn_mult=0.7, ffn_act_mult=1.6, positions="relative", num_labels=3,
     )  # fmt: skip
     assert_composed(arch, config, context)
+
+
+@pytest.mark.parametrize("parametrization", ["umup", "sp"])
+def test_bf16_autocast_matches_composed(parametrization):
+    """Under bf16 autocast the scaled linear casts its operands as autocast casts F.linear's.
+    The two round differently (bf16(w) with the scale in the GEMM against bf16(scale * w)),
+    so the bound is bf16's: 3e-2 of each tensor's norm, where a misplaced scale (>= 3 %
+    off for any constant here, most of them 30 % or more) or a wrong dtype would not pass."""
+    config = TransformerConfig(
+        vocab_size=30, d_model=32, n_layers=2, n_heads=2, max_seq_len=12, norm_affine=True,
+        parametrization=parametrization,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    fused = ARCHITECTURES["DecoderLM"](config)
+    oracle = composed.DecoderLM(config)
+    oracle.load_state_dict(fused.state_dict())
+    inputs, labels = _batch("DecoderLM", config, seed=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = _step(fused, inputs, labels), _step(oracle, inputs, labels)
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == b.dtype
+        assert ((a.float() - b.float()).norm() / b.float().norm()).item() <= 3e-2

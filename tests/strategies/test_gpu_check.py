@@ -27,13 +27,14 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 def test_help_lists_every_part() -> None:
     proc = _run("--help")
     assert proc.returncode == 0
-    for part in ("throughput", "fsdp2", "fsdp2_dtypes", "fp8", "syncs", "scale_monitor_offload"):
+    parts = ("throughput", "umup_vs_sp", "fsdp2", "fsdp2_dtypes", "fp8", "syncs")
+    for part in (*parts, "scale_monitor_offload"):
         assert part in proc.stdout
 
 
 @pytest.mark.slow
 def test_cpu_safe_parts_print_one_json_line() -> None:
-    proc = _run("--device", "cpu", "--parts", "fp8,fsdp2_dtypes", "--quick")
+    proc = _run("--device", "cpu", "--parts", "fp8,fsdp2_dtypes,umup_vs_sp", "--quick")
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1
@@ -41,6 +42,7 @@ def test_cpu_safe_parts_print_one_json_line() -> None:
     assert result["fp8"]["fp8_max_abs_error_vs_upcast"] == 0.0
     assert result["fsdp2_dtypes"]["32-true"]["in_forward"] == ["float32"]
     assert result["fsdp2_dtypes"]["bf16-mixed"]["in_forward"] == ["bfloat16"]
+    assert result["umup_vs_sp"]["umup_vs_sp_eager"] > 0, result["umup_vs_sp"]
 
 
 def test_gpu_parts_refused_in_one_line_without_cuda() -> None:
