@@ -70,6 +70,7 @@ def g2p_beam4(batches: int) -> dict:
     """Beam-4 decoding of the G2P test set's first ``batches`` batches (0: all)."""
     from lit_unitscale.data.g2p import G2PData
     from lit_unitscale.tasks.seq2seq import Seq2Seq
+    from lit_unitscale.tasks.task_data import SpecialTokens
 
     recipe = yaml.safe_load((REPO / "recipes/encoder_decoder/cmudict-g2p.yaml").read_text())
     args = recipe["model"]["init_args"]
@@ -83,6 +84,7 @@ def g2p_beam4(batches: int) -> dict:
     task = Seq2Seq(config, max_decode_len=args["max_decode_len"], beam_size=args["beam_size"])
     task.configure_model()
     task.model.eval()
+    task.special_tokens = SpecialTokens.of(data)
     loader = list(data.test_dataloader())
     total = len(loader)
     loader = loader[:batches] if batches else loader

@@ -1,5 +1,20 @@
-"""Errors meant for the person running a recipe: the CLI prints their message alone (no
-traceback) and exits non-zero. Every layer may raise them; this module imports nothing heavy."""
+"""Errors meant for the person running a recipe or a tool: the CLI prints their message alone
+(no traceback) and exits non-zero. Every error a user can cause derives from
+:class:`LitUnitscaleError`, so the CLI and every tool recognise them by class. Every layer may
+raise them; this module imports nothing heavy.
+
+    LitUnitscaleError
+    ├── RecipeError            a recipe key, value or combination (ValueError)
+    │   ├── TrainerValueError  Trainer/strategy/callback values Lightning refused
+    │   ├── ConfigError        a model configuration (models.config)
+    │   ├── PrecisionError     strategies.precision; TopologyError strategies.topology
+    │   └── PretrainedMismatchError  fine-tuning recipe vs its pretrained encoder
+    ├── CheckpointFileError    missing, truncated, corrupt or unsafe checkpoint
+    ├── CheckpointMismatchError
+    ├── DataError              lit_unitscale.data.errors and its subclasses
+    ├── ToolError              a tool's own refusal (slurm, scales, dashboard, generate, ...)
+    └── TrainingFault          training stopped on purpose (exit 1)
+"""
 
 from __future__ import annotations
 
@@ -37,6 +52,24 @@ class CheckpointFileError(LitUnitscaleError, ValueError):
 
 class CheckpointMismatchError(LitUnitscaleError, ValueError):
     """A checkpoint whose model architecture differs from the recipe's."""
+
+
+class ConfigError(RecipeError):
+    """A model configuration that cannot be built; the message names the field."""
+
+
+class ToolError(LitUnitscaleError):
+    """A tool subcommand's refusal; the message is complete.
+
+    Args:
+        message: the one-line explanation printed to stderr.
+        exit_code: the process exit status (default the class's).
+    """
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
 
 
 class TrainingFault(LitUnitscaleError, RuntimeError):

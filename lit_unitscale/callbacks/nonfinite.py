@@ -21,7 +21,7 @@ from torch import Tensor
 
 from lit_unitscale.callbacks.logging_steps import is_logging_step
 from lit_unitscale.callbacks.scale_stats import local_tensor
-from lit_unitscale.errors import TrainingFault
+from lit_unitscale.errors import RecipeError, TrainingFault
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,9 @@ class NonFiniteGuard(L.Callback):
 
     def __init__(self, action: Literal["stop", "skip"] = "stop", max_skips: int = 10) -> None:
         if action not in ("stop", "skip"):
-            raise ValueError(f"NonFiniteGuard: action must be 'stop' or 'skip', got {action!r}")
+            raise RecipeError(f"NonFiniteGuard: action must be 'stop' or 'skip', got {action!r}")
         if max_skips < 0:
-            raise ValueError(f"NonFiniteGuard: max_skips must be >= 0, got {max_skips}")
+            raise RecipeError(f"NonFiniteGuard: max_skips must be >= 0, got {max_skips}")
         self.action = action
         self.max_skips = max_skips
         self.skipped = 0

@@ -28,6 +28,7 @@ from lit_unitscale.callbacks.scale_stats import (
     summary_fields,
 )
 from lit_unitscale.callbacks.scale_wandb import HIST_STAT, log_histograms, log_profile
+from lit_unitscale.errors import RecipeError
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +73,12 @@ class ScaleMonitor(L.Callback):
         seed: int = 0,
     ) -> None:
         if every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+            raise RecipeError(f"every_n_steps must be >= 1, got {every_n_steps}")
         if max_elements is not None and max_elements < 1:
-            raise ValueError(f"max_elements must be >= 1 or null, got {max_elements}")
+            raise RecipeError(f"max_elements must be >= 1 or null, got {max_elements}")
         unknown = sorted(set(tensors) - set(TENSORS))
         if unknown:
-            raise ValueError(f"unknown tensors {unknown}; choose from {list(TENSORS)}")
+            raise RecipeError(f"unknown tensors {unknown}; choose from {list(TENSORS)}")
         self.every_n_steps = every_n_steps
         self.formats = resolve_formats(formats)
         self.jsonl = jsonl
@@ -104,7 +105,7 @@ class ScaleMonitor(L.Callback):
         # Tasks build their model in configure_model, which Lightning calls after setup.
         self._attach(pl_module)
         if self.recorder is None:
-            raise ValueError("ScaleMonitor: no embedding, blocks, final norm or head found")
+            raise RecipeError("ScaleMonitor: no embedding, blocks, final norm or head found")
 
     def _attach(self, pl_module: L.LightningModule) -> None:
         if self.recorder is not None:

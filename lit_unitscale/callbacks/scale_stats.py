@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from lit_unitscale.errors import RecipeError
 from lit_unitscale.unit.fp8 import FORMATS, FP8Format
 
 # fp16 is checked alongside the FP8 formats: without a loss scale its range is the one that bites.
@@ -94,7 +95,7 @@ def resolve_formats(names: Sequence[str]) -> tuple[FP8Format, ...]:
     """
     unknown = [n for n in names if n not in RANGE_FORMATS]
     if unknown:
-        raise ValueError(f"unknown formats {unknown}; choose from {sorted(RANGE_FORMATS)}")
+        raise RecipeError(f"unknown formats {unknown}; choose from {sorted(RANGE_FORMATS)}")
     return tuple(RANGE_FORMATS[n] for n in names)
 
 

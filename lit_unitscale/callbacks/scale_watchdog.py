@@ -21,6 +21,7 @@ import lightning as L
 from lit_unitscale.callbacks.scale_monitor import JSONL_NAME, ScaleMonitor
 from lit_unitscale.callbacks.scale_recorder import TENSORS
 from lit_unitscale.callbacks.scale_stats import RANGE_FORMATS
+from lit_unitscale.errors import RecipeError
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +59,15 @@ class ScaleWatchdog(L.Callback):
         stop: bool = False,
     ) -> None:
         if not 0 < min_rms < max_rms:
-            raise ValueError(f"need 0 < min_rms < max_rms, got {min_rms} and {max_rms}")
+            raise RecipeError(f"need 0 < min_rms < max_rms, got {min_rms} and {max_rms}")
         if format not in RANGE_FORMATS:
-            raise ValueError(f"unknown format {format!r}; choose from {sorted(RANGE_FORMATS)}")
+            raise RecipeError(f"unknown format {format!r}; choose from {sorted(RANGE_FORMATS)}")
         for name, share in (("max_underflow", max_underflow), ("max_overflow", max_overflow)):
             if not 0 <= share <= 1:
-                raise ValueError(f"{name} must be a share in [0, 1], got {share}")
+                raise RecipeError(f"{name} must be a share in [0, 1], got {share}")
         unknown = sorted(set(tensors) - set(TENSORS))
         if unknown:
-            raise ValueError(f"unknown tensors {unknown}; choose from {list(TENSORS)}")
+            raise RecipeError(f"unknown tensors {unknown}; choose from {list(TENSORS)}")
         self.min_rms, self.max_rms = min_rms, max_rms
         self.format = format
         self.max_underflow, self.max_overflow = max_underflow, max_overflow
@@ -81,10 +82,10 @@ class ScaleWatchdog(L.Callback):
             return
         monitors = [cb for cb in trainer.callbacks if isinstance(cb, ScaleMonitor)]
         if not monitors:
-            raise ValueError("ScaleWatchdog needs a ScaleMonitor in trainer.callbacks")
+            raise RecipeError("ScaleWatchdog needs a ScaleMonitor in trainer.callbacks")
         self._monitor = monitors[0]
         if self.format not in [f.name for f in self._monitor.formats]:
-            raise ValueError(
+            raise RecipeError(
                 f"ScaleWatchdog checks {self.format}, which the ScaleMonitor does not report "
                 f"(its formats: {[f.name for f in self._monitor.formats]})"
             )

@@ -201,7 +201,7 @@ class GracefulStop(L.Callback):
         if not self._agreed_stop(trainer) or trainer.should_stop:
             return
         global last_stop
-        from lit_unitscale.reliability import record_last_save
+        from lit_unitscale.callbacks.checkpointing import record_last_save
 
         path = checkpoint_path(trainer)
         record_last_save(trainer, path)

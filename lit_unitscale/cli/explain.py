@@ -21,15 +21,6 @@ from lit_unitscale.errors import (
     did_you_mean,
 )
 
-# Errors other layers raise for users, by class name so that this module imports none of them.
-_USER_ERRORS = {
-    "ConfigError",  # models.config
-    "DataError",  # data.errors (and subclasses)
-    "PrecisionError",  # strategies.precision
-    "TopologyError",  # strategies.topology
-    "CheckpointError",  # strategies.checkpoints
-    "MisconfigurationException",  # Lightning: trainer arguments the machine cannot run
-}
 _UNION = "Does not validate against any of the Union subtypes"
 _TOP_LEVEL = ("seed_everything", "trainer", "model", "data", "optimizer", "lr_scheduler")
 
@@ -56,9 +47,11 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
         error = error.__cause__ or error.__context__
 
 
-def _is_user_error(error: BaseException) -> bool:
-    names = {cls.__name__ for cls in type(error).__mro__}
-    return isinstance(error, LitUnitscaleError) or bool(names & _USER_ERRORS)
+def is_misconfiguration(error: BaseException) -> bool:
+    # Lightning's refusal of trainer arguments the machine cannot run.
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    return isinstance(error, MisconfigurationException)
 
 
 def explain(error: BaseException, ctx: Context) -> str | None:
@@ -75,7 +68,7 @@ def explain(error: BaseException, ctx: Context) -> str | None:
             return _parser_message(text, ctx)
         if module.startswith("omegaconf"):
             return _omegaconf_message(item, ctx)
-        if type(item).__name__ == "MisconfigurationException":
+        if is_misconfiguration(item):
             return _trainer_message(text, ctx)
         if isinstance(item, TrainingFault):
             return _first_paragraph(text)
@@ -83,7 +76,7 @@ def explain(error: BaseException, ctx: Context) -> str | None:
             if item.key is None:
                 return f"trainer: {text}"
             return f"{item.key}={item.value} {_where(item.key, ctx)}: {text}"
-        if _is_user_error(item):
+        if isinstance(item, LitUnitscaleError):
             return _with_recipe_key(_first_paragraph(text), ctx)
         if _is_bad_checkpoint(item):
             ckpt = (option_values(ctx.argv, "--ckpt_path") or ["the checkpoint"])[-1]

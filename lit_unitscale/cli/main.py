@@ -19,6 +19,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "scales": ("lit_unitscale.tools.scales", "offline scale dashboard from a run's scales.jsonl"),
     "coord-check": ("lit_unitscale.tools.coord_check", "activation RMS vs width, umup beside sp"),
     "sweep": ("lit_unitscale.tools.sweep", "learning-rate x width grid and scaling-law fit"),
+    "tune": ("lit_unitscale.tools.tune", "u-μP hyperparameters on a proxy -> tuned overlay"),
     "export": ("lit_unitscale.tools.export", "checkpoint -> native or transformers folder"),
     "dashboard": ("lit_unitscale.tools.dashboard", "push the W&B scale workspace"),
     "generate": ("lit_unitscale.tools.generate", "continue prompts with a trained decoder"),
@@ -117,11 +118,12 @@ _TRAINER_KEYS = ("strategy", "accelerator", "devices", "num_nodes", "precision",
 def _raised_validating(error: BaseException) -> bool:
     import traceback
 
-    from lit_unitscale.errors import LitUnitscaleError
-
     # Ours are already worded for the user; Lightning's MisconfigurationException has its own
     # explanation (lit_unitscale.cli.explain).
-    if isinstance(error, LitUnitscaleError) or type(error).__name__ == "MisconfigurationException":
+    from lit_unitscale.cli.explain import is_misconfiguration
+    from lit_unitscale.errors import LitUnitscaleError
+
+    if isinstance(error, LitUnitscaleError) or is_misconfiguration(error):
         return False
     frames = traceback.extract_tb(error.__traceback__)
     return bool(frames) and any(part in frames[-1].filename for part in _VALIDATING)

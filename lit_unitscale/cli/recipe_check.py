@@ -161,12 +161,12 @@ def check_architecture(ckpt: str | Path, given: dict[str, Any]) -> None:
         ckpt: a checkpoint file.
         given: model-config fields set by the recipe or the command line.
     """
-    from lit_unitscale.checkpoint_io import safe_torch_load
+    from lit_unitscale.checkpoints import safe_load
 
     path = Path(ckpt)
     if not path.is_file() or not given:
         return
-    saved = safe_torch_load(path).get("model_config") or {}
+    saved = safe_load(path).get("model_config") or {}
     # Sizes left at 0 are filled from the data module, so 0 never disagrees.
     diff = {k: (saved[k], v) for k, v in given.items() if k in saved and v not in (0, saved[k])}
     if diff:

@@ -1,8 +1,10 @@
 """Errors the data layer raises for users: each message is one sentence naming the path or
 package and what was expected, so a failing recipe says what to fix."""
 
+from lit_unitscale.errors import LitUnitscaleError
 
-class DataError(Exception):
+
+class DataError(LitUnitscaleError):
     """Base class of every error raised by `lit_unitscale.data`."""
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from lit_unitscale.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A model configuration that cannot be built; the message names the field."""
+__all__ = ["ConfigError", "TransformerConfig"]
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lit_unitscale.errors import ConfigError
 from lit_unitscale.models.attention import KVCache
 from lit_unitscale.models.config import TransformerConfig
 from lit_unitscale.models.stack import TransformerStack, make_norm
@@ -165,7 +166,7 @@ class SequenceClassifier(_WithHead):
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__(config)
         if config.num_labels < 2:
-            raise ValueError("model config: num_labels must be >= 2 for a classifier")
+            raise ConfigError("model config: num_labels must be >= 2 for a classifier")
         self.encoder = Encoder(config)
         # Pooling averages correlated tokens and shrinks their scale; a norm restores it.
         self.pool_norm = make_norm(config)
@@ -194,7 +195,7 @@ class TokenClassifier(_WithHead):
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__(config)
         if config.num_labels < 2:
-            raise ValueError("model config: num_labels must be >= 2 for a tagger")
+            raise ConfigError("model config: num_labels must be >= 2 for a tagger")
         self.encoder = Encoder(config)
         self.head = LinearReadout(
             config.d_model, config.num_labels, parametrization=config.parametrization

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lit_unitscale.errors import ConfigError
 from lit_unitscale.models.attention import KVCache
 from lit_unitscale.models.config import TransformerConfig
 from lit_unitscale.models.positions import AbsolutePositions
@@ -25,7 +26,7 @@ class TokenEmbedding(UnitModule):
     def __init__(self, config: TransformerConfig, vocab_size: int) -> None:
         super().__init__(config.parametrization)
         if vocab_size <= 0:
-            raise ValueError("model config: vocab_size must be > 0 (is the data module linked?)")
+            raise ConfigError("model config: vocab_size must be > 0 (is the data module linked?)")
         self.tokens = Embedding(vocab_size, config.d_model, parametrization=config.parametrization)
         self.positions = (
             AbsolutePositions(

@@ -147,7 +147,7 @@ class DeepSpeedStrategy(CheckedStrategy, _LightningDeepSpeed):
         """
         from pathlib import Path
 
-        from lit_unitscale.strategies.checkpoints import check_deepspeed_world_size
+        from lit_unitscale.checkpoints import check_deepspeed_world_size
 
         config = self.config if isinstance(self.config, dict) else {}
         universal = bool((config.get("checkpoint") or {}).get("load_universal", False))

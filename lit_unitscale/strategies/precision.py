@@ -25,12 +25,13 @@ from lightning.pytorch.plugins.precision import (
 )
 from torch import Tensor
 
+from lit_unitscale.errors import RecipeError
 from lit_unitscale.unit.fp8 import fp8_matmuls
 
 FP8Base = Literal["32-true", "bf16-mixed", "bf16-true"]
 
 
-class PrecisionError(ValueError):
+class PrecisionError(RecipeError):
     """A strategy × precision combination that cannot work; the message names the reason."""
 
 

@@ -10,8 +10,10 @@ import os
 import re
 from collections.abc import Mapping
 
+from lit_unitscale.errors import RecipeError
 
-class TopologyError(ValueError):
+
+class TopologyError(RecipeError):
     """The Trainer's node/device counts disagree with the environment."""
 
 

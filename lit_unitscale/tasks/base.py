@@ -9,17 +9,24 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
+from torchmetrics import Metric
 
 from lit_unitscale.callbacks.logging_steps import is_logging_step
+from lit_unitscale.checkpoints.tokenizer import store_tokenizer
 from lit_unitscale.errors import CheckpointMismatchError, RecipeError
 from lit_unitscale.models import ARCHITECTURES, TransformerConfig
 from lit_unitscale.tasks.schedule import Schedule, lr_factor
+from lit_unitscale.tasks.task_data import TaskData
 from lit_unitscale.unit import global_batch, param_groups
 from lit_unitscale.unit.clipping import GradientClipRule, clip_gradients, numel, rule_for
 
+SPLITS = ("val", "test")
+
 
 class UnitScaledTask(L.LightningModule):
-    """Base of every task. Subclasses set ``architecture`` and implement the steps.
+    """Base of every task. Subclasses set ``architecture`` and implement ``loss`` (training),
+    ``split_metrics`` and ``evaluate`` (validation and test); the base trains, logs and
+    checkpoints them alike.
 
     Args:
         model: architecture and u-μP hyperparameters; sizes left at 0 (``vocab_size``,
@@ -43,6 +50,10 @@ class UnitScaledTask(L.LightningModule):
     """
 
     architecture: str = "DecoderLM"
+    # Metrics shown on the progress bar during validation (names as logged after "val/").
+    prog_bar_metrics: tuple[str, ...] = ("loss",)
+    # Log ``<split>/ppl`` = exp(``<split>/loss``) (token-level losses).
+    reports_perplexity: bool = False
 
     def __init__(
         self,
@@ -70,6 +81,8 @@ class UnitScaledTask(L.LightningModule):
         self.save_hyperparameters()
         self.config = dataclasses.replace(model)
         self.model: nn.Module | None = None
+        # {"val": {name: Metric}, "test": {...}}, built with the model (sizes come from data).
+        self.metrics: nn.ModuleDict | None = None
 
     def configure_gradient_clipping(
         self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm=None
@@ -102,10 +115,20 @@ class UnitScaledTask(L.LightningModule):
         kwargs = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
         return type(self)(**{**kwargs, **overrides})
 
+    @property
+    def datamodule(self) -> TaskData | None:
+        """The trainer's data module, or None before a trainer is attached or without one."""
+        return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+
+    @property
+    def tokenizer(self) -> Any:
+        """The data module's tokenizer, or None."""
+        return getattr(self.datamodule, "tokenizer", None)
+
     # -- model construction -------------------------------------------------------------
     def fill_config_from_data(self) -> None:
         """Take sizes left at 0 from the attached data module (vocab, labels, target vocab)."""
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm = self.datamodule
         if dm is None:
             return
         updates = {}
@@ -151,6 +174,10 @@ class UnitScaledTask(L.LightningModule):
             init.materialise(self.model, self.trainer.strategy.root_device)
         if self.hparams.compile:
             self.model.compile()
+        if self.metrics is None:
+            self.metrics = nn.ModuleDict(
+                {split: nn.ModuleDict(self.split_metrics()) for split in SPLITS}
+            )
 
     def setup(self, stage: str) -> None:
         # On x86 CPUs, arithmetic on denormal floats (|x| < 1.2e-38, e.g. decaying Adam moments)
@@ -174,7 +201,7 @@ class UnitScaledTask(L.LightningModule):
     def configure_callbacks(self) -> list[L.Callback]:
         # Resumable data order (sampler epoch and position in checkpoints) for every task.
         # Atomic checkpoints, clean Ctrl-C/SIGTERM, non-finite guard, unless the recipe has them.
-        from lit_unitscale.reliability import default_callbacks
+        from lit_unitscale.callbacks.checkpointing import default_callbacks
         from lit_unitscale.strategies.resume import ResumableSampling
 
         existing = self.trainer.callbacks if self._trainer is not None else []
@@ -187,6 +214,7 @@ class UnitScaledTask(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["model_config"] = self.config.to_dict()
         checkpoint["architecture"] = self.architecture
+        store_tokenizer(checkpoint, self.datamodule)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("model_config")
@@ -258,14 +286,59 @@ class UnitScaledTask(L.LightningModule):
         # after each micro-batch, even one logged steps ago.
         self.log("train/loss", loss, batch_size=batch_size)
 
-    # -- evaluation: subclasses implement evaluate(batch, split) and log_split(split) -------
+    # -- training: subclasses implement loss(batch) -----------------------------------------
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The training loss of one micro-batch (a device tensor).
+
+        Args:
+            batch: the collated micro-batch (``input_ids`` first dimension = examples).
+        """
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch)
+        self.log_train_loss(loss, batch["input_ids"].shape[0])
+        return loss
+
+    # -- evaluation: subclasses implement split_metrics() and evaluate(batch, split) ---------
+    def split_metrics(self) -> dict[str, Metric]:
+        """Fresh metrics for one split, keyed by the name they are logged under (a metric
+        whose ``compute`` returns a dict logs each entry under its own name)."""
+        raise NotImplementedError
+
     def evaluate(self, batch: Any, split: str) -> None:
         """Update the ``split`` ("val" or "test") metrics with one batch."""
         raise NotImplementedError
 
+    def metric(self, split: str, name: str) -> Metric:
+        """One metric of a split.
+
+        Args:
+            split: "val" or "test".
+            name: the metric's name in :meth:`split_metrics`.
+        """
+        return self.metrics[split][name]
+
     def log_split(self, split: str) -> None:
-        """Compute, log as ``<split>/<name>`` and reset the ``split`` metrics."""
-        raise NotImplementedError
+        """Compute, log as ``<split>/<name>`` and reset the ``split`` metrics.
+
+        Args:
+            split: "val" or "test".
+        """
+        # torchmetrics' compute() reduces across processes; the values are then global.
+        values: dict[str, torch.Tensor] = {}
+        for name, metric in self.metrics[split].items():
+            value = metric.compute()
+            items = value.items() if isinstance(value, dict) else [(name, value)]
+            values.update({f"{split}/{key}": v for key, v in items})
+            metric.reset()
+        if self.reports_perplexity:
+            values[f"{split}/ppl"] = torch.exp(values[f"{split}/loss"])
+        shown = {f"{split}/{name}" for name in self.prog_bar_metrics} if split == "val" else ()
+        self.log_dict({k: v for k, v in values.items() if k not in shown}, sync_dist=False)
+        bar = {k: v for k, v in values.items() if k in shown}
+        if bar:
+            self.log_dict(bar, prog_bar=True, sync_dist=False)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self.evaluate(batch, "val")

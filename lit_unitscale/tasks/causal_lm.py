@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
 
+from lit_unitscale.errors import RecipeError
 from lit_unitscale.tasks.base import UnitScaledTask
 from lit_unitscale.tasks.decoding import all_done, generate, sampler
 from lit_unitscale.tasks.evaluation import counted_labels
@@ -22,34 +22,25 @@ class CausalLM(WritesPredictions, UnitScaledTask):
     """
 
     architecture = "DecoderLM"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Token-weighted means, so perplexity is exp(total NLL / total tokens) over the split.
-        self.val_nll = MeanMetric()
-        self.test_nll = MeanMetric()
+    prog_bar_metrics = ("loss", "ppl")
+    reports_perplexity = True
 
     def forward(self, input_ids: Tensor) -> Tensor:
         return self.model(input_ids)
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self.model.loss(self.model(batch["input_ids"]), batch["labels"])
-        self.log_train_loss(loss, batch["input_ids"].shape[0])
-        return loss
+    def loss(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.model.loss(self.model(batch["input_ids"]), batch["labels"])
+
+    def split_metrics(self) -> dict[str, Metric]:
+        # Token-weighted mean, so perplexity is exp(total NLL / total tokens) over the split.
+        return {"loss": MeanMetric()}
 
     def evaluate(self, batch: dict[str, Tensor], split: str) -> None:
         labels = counted_labels(batch)
         tokens = int((labels != -100).sum())
         loss = self.model.loss(self.model(batch["input_ids"]), labels)
         if tokens:
-            getattr(self, f"{split}_nll").update(loss.detach(), weight=tokens)
-
-    def log_split(self, split: str) -> None:
-        metric = getattr(self, f"{split}_nll")
-        nll = metric.compute()
-        metrics = {f"{split}/loss": nll, f"{split}/ppl": torch.exp(nll)}
-        self.log_dict(metrics, prog_bar=split == "val", sync_dist=False)
-        metric.reset()
+            self.metric(split, "loss").update(loss.detach(), weight=tokens)
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """Per-sequence mean NLL, the greedy next token after each position, and the greedy
@@ -61,7 +52,7 @@ class CausalLM(WritesPredictions, UnitScaledTask):
         )
         mask = (batch["labels"] != -100).float()
         half = ids.shape[1] // 2
-        eos = getattr(self._datamodule(), "eos_id", None)
+        eos = getattr(self.datamodule, "eos_id", None)
         continuation = self.generate(
             ids[:, :half], ids.shape[1] - half, temperature=0, eos_id=() if eos is None else eos
         )[:, half:]
@@ -73,9 +64,9 @@ class CausalLM(WritesPredictions, UnitScaledTask):
 
     def readable(self, batch: dict[str, Tensor], outputs: dict[str, Tensor]) -> list[dict]:
         """Prompt, the model's continuation and the text that really followed, per window."""
-        tokenizer = self._tokenizer()
+        tokenizer = self.tokenizer
         decode = tokenizer.decode if tokenizer is not None else lambda ids: " ".join(map(str, ids))
-        eos = getattr(self._datamodule(), "eos_id", None)
+        eos = getattr(self.datamodule, "eos_id", None)
         ids = batch["input_ids"]
         half = ids.shape[1] // 2
         rows = []
@@ -126,7 +117,7 @@ class CausalLM(WritesPredictions, UnitScaledTask):
             cached: keep keys and values (False: recompute every prefix; unpadded prompts).
         """
         if input_ids.shape[1] + max_new_tokens > self.config.max_seq_len:
-            raise ValueError(
+            raise RecipeError(
                 f"generate: prompt ({input_ids.shape[1]}) + max_new_tokens ({max_new_tokens}) "
                 f"exceeds the model's max_seq_len ({self.config.max_seq_len})"
             )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from torch import Tensor
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from lit_unitscale.data.base import COUNTED
@@ -24,24 +24,22 @@ class SequenceClassifier(WritesPredictions, EncoderTask):
     """
 
     architecture = "SequenceClassifier"
+    prog_bar_metrics = ("loss", "acc", "f1")
 
-    def configure_model(self) -> None:
-        super().configure_model()
-        if not hasattr(self, "val_acc"):
-            n = self.config.num_labels
-            for split in ("val", "test"):
-                setattr(self, f"{split}_loss", MeanMetric())
-                setattr(self, f"{split}_acc", MulticlassAccuracy(n, average="micro"))
-                setattr(self, f"{split}_f1", MulticlassF1Score(n, average="macro"))
+    def split_metrics(self) -> dict[str, Metric]:
+        n = self.config.num_labels
+        return {
+            "loss": MeanMetric(),
+            "acc": MulticlassAccuracy(n, average="micro"),
+            "f1": MulticlassF1Score(n, average="macro"),
+        }
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         return self.model(input_ids, attention_mask)
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def loss(self, batch: dict[str, Tensor]) -> Tensor:
         logits = self.model(batch["input_ids"], batch["attention_mask"])
-        loss = self.model.loss(logits, batch["labels"])
-        self.log_train_loss(loss, len(batch["labels"]))
-        return loss
+        return self.model.loss(logits, batch["labels"])
 
     def evaluate(self, batch: dict[str, Tensor], split: str) -> None:
         logits = self.model(batch["input_ids"], batch["attention_mask"])
@@ -50,19 +48,10 @@ class SequenceClassifier(WritesPredictions, EncoderTask):
             logits, labels = logits[batch[COUNTED]], labels[batch[COUNTED]]
             if not len(labels):
                 return
-        getattr(self, f"{split}_loss").update(self.model.loss(logits, labels), len(labels))
+        self.metric(split, "loss").update(self.model.loss(logits, labels), len(labels))
         preds = logits.argmax(-1)
-        getattr(self, f"{split}_acc").update(preds, labels)
-        getattr(self, f"{split}_f1").update(preds, labels)
-
-    def log_split(self, split: str) -> None:
-        # torchmetrics' compute() reduces across processes; the values are then global.
-        metrics = {}
-        for name in ("loss", "acc", "f1"):
-            metric = getattr(self, f"{split}_{name}")
-            metrics[f"{split}/{name}"] = metric.compute()
-            metric.reset()
-        self.log_dict(metrics, prog_bar=split == "val", sync_dist=False)
+        self.metric(split, "acc").update(preds, labels)
+        self.metric(split, "f1").update(preds, labels)
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
         """Predicted class ids and probabilities (and label names when the data has them)."""
@@ -75,7 +64,7 @@ class SequenceClassifier(WritesPredictions, EncoderTask):
 
     def readable(self, batch: dict[str, Tensor], outputs: dict[str, Any]) -> list[dict]:
         """The text, its predicted label and that label's probability."""
-        tokenizer = self._tokenizer()
+        tokenizer = self.tokenizer
         names = outputs.get("labels") or [str(i) for i in outputs["predictions"].tolist()]
         rows = []
         for ids, mask, label, probs in zip(
@@ -91,8 +80,7 @@ class SequenceClassifier(WritesPredictions, EncoderTask):
         return rows
 
     def _label_names(self) -> list[str] | None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        return getattr(dm, "label_names", None)
+        return getattr(self.datamodule, "label_names", None)
 
 
 class TokenClassifier(WritesPredictions, EncoderTask):
@@ -104,18 +92,14 @@ class TokenClassifier(WritesPredictions, EncoderTask):
     """
 
     architecture = "TokenClassifier"
+    prog_bar_metrics = ("f1",)
 
-    def configure_model(self) -> None:
-        super().configure_model()
-        if not hasattr(self, "val_spans"):
-            tags = self._tag_names()
-            for split in ("val", "test"):
-                setattr(self, f"{split}_loss", MeanMetric())
-                setattr(self, f"{split}_spans", SpanF1.from_tags(tags))
+    def split_metrics(self) -> dict[str, Metric]:
+        # SpanF1 logs precision, recall and f1, micro and per entity type.
+        return {"loss": MeanMetric(), "spans": SpanF1.from_tags(self._tag_names())}
 
     def _tag_names(self) -> list[str]:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        names = getattr(dm, "label_names", None)
+        names = getattr(self.datamodule, "label_names", None)
         if names is None:  # no data module: tags by index, no entity types
             names = [str(i) for i in range(self.config.num_labels)]
         return list(names)
@@ -123,11 +107,9 @@ class TokenClassifier(WritesPredictions, EncoderTask):
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         return self.model(input_ids, attention_mask)
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def loss(self, batch: dict[str, Tensor]) -> Tensor:
         logits = self.model(batch["input_ids"], batch["attention_mask"])
-        loss = self.model.loss(logits, batch["labels"])
-        self.log_train_loss(loss, len(batch["labels"]))
-        return loss
+        return self.model.loss(logits, batch["labels"])
 
     def _word_tags(self, preds: Tensor, labels: Tensor) -> tuple[list, list]:
         names = self._tag_names()
@@ -143,21 +125,11 @@ class TokenClassifier(WritesPredictions, EncoderTask):
         labels = counted_labels(batch)
         tokens = int((labels != -100).sum())
         if tokens:
-            getattr(self, f"{split}_loss").update(self.model.loss(logits, labels), tokens)
+            self.metric(split, "loss").update(self.model.loss(logits, labels), tokens)
         pred_tags, gold_tags = self._word_tags(logits.argmax(-1), labels)
-        getattr(self, f"{split}_spans").update(
+        self.metric(split, "spans").update(
             counted_rows(batch, pred_tags), counted_rows(batch, gold_tags)
         )
-
-    def log_split(self, split: str) -> None:
-        spans = getattr(self, f"{split}_spans")
-        values = spans.compute()
-        metrics = {f"{split}/loss": getattr(self, f"{split}_loss").compute()}
-        metrics.update({f"{split}/{k}": v for k, v in values.items() if k != "f1"})
-        self.log_dict(metrics, sync_dist=False)
-        self.log(f"{split}/f1", values["f1"], prog_bar=split == "val", sync_dist=False)
-        spans.reset()
-        getattr(self, f"{split}_loss").reset()
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
         """Predicted tag names per scored word, beside the gold tags."""
@@ -167,7 +139,7 @@ class TokenClassifier(WritesPredictions, EncoderTask):
 
     def readable(self, batch: dict[str, Tensor], outputs: dict[str, Any]) -> list[dict]:
         """The words (each from its sub-words), their tags and the entity spans they form."""
-        tokenizer = self._tokenizer()
+        tokenizer = self.tokenizer
         rows = []
         for ids, mask, labels, tags in zip(
             batch["input_ids"].tolist(),

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from lit_unitscale.errors import RecipeError
 from lit_unitscale.models.attention import KVCache
 
 Step = Callable[[Tensor], Tensor]
@@ -54,7 +55,7 @@ def sampler(
         generator: random source (seeded for reproducible samples).
     """
     if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
-        raise ValueError("sampling: temperature >= 0, top_k >= 0 and 0 < top_p <= 1 required")
+        raise RecipeError("sampling: temperature >= 0, top_k >= 0 and 0 < top_p <= 1 required")
 
     def pick(logits: Tensor) -> Tensor:
         if temperature == 0:
@@ -316,7 +317,7 @@ def generate(
         step, reorder = scorer, scorer.reorder
     else:
         if prompt_mask is not None and not bool(prompt_mask.all()):
-            raise ValueError("uncached generation needs prompts of one length (no padding)")
+            raise RecipeError("uncached generation needs prompts of one length (no padding)")
 
         def step(ids: Tensor) -> Tensor:
             return forward(ids, None, None)[:, -1]

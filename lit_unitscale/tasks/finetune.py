@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lit_unitscale.checkpoints import load_checkpoint, stored_tokenizer
+from lit_unitscale.errors import CheckpointFileError, RecipeError
 from lit_unitscale.models import TransformerConfig
 from lit_unitscale.tasks.base import UnitScaledTask
 
@@ -44,7 +46,7 @@ ENCODER_FIELDS = (
 _DEFAULTS = TransformerConfig()
 
 
-class PretrainedMismatchError(ValueError):
+class PretrainedMismatchError(RecipeError):
     """The recipe's encoder differs from the pretrained checkpoint's."""
 
 
@@ -59,16 +61,17 @@ class PretrainedEncoder:
 
 
 def load_pretrained_encoder(path: str | Path) -> PretrainedEncoder:
-    """Read a masked-LM run's encoder: a Lightning ``.ckpt`` (loaded with ``weights_only=True``)
-    or an export folder holding ``config.json`` and ``model.safetensors``.
+    """Read a masked-LM run's encoder: a checkpoint of any format our strategies write (read by
+    :func:`lit_unitscale.checkpoints.load_checkpoint`, never unpickled) or a native export
+    folder holding ``config.json`` and ``model.safetensors``.
 
     Args:
         path: the checkpoint file or export folder.
     """
     path = Path(path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"pretrained checkpoint not found: {path}")
-    if path.is_dir():
+        raise CheckpointFileError(f"pretrained checkpoint {path}: not found")
+    if path.is_dir() and (path / "model.safetensors").is_file():
         from safetensors.torch import load_file
 
         meta = json.loads((path / "config.json").read_text())
@@ -77,11 +80,13 @@ def load_pretrained_encoder(path: str | Path) -> PretrainedEncoder:
         tokenizer_file = path / "tokenizer.json"
         tokenizer = tokenizer_file.read_text() if tokenizer_file.is_file() else None
     else:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = load_checkpoint(path)
         if "model_config" not in checkpoint:
-            raise ValueError(f"{path} has no model_config: not a lit_unitscale checkpoint")
+            raise CheckpointFileError(
+                f"pretrained checkpoint {path}: no model_config (not a lit_unitscale run)"
+            )
         config, state = checkpoint["model_config"], checkpoint["state_dict"]
-        tokenizer = checkpoint.get("tokenizer")
+        tokenizer = stored_tokenizer(checkpoint)
     encoder_state = {}
     for key, value in state.items():
         for prefix in ("model.encoder.", "encoder."):
@@ -89,7 +94,9 @@ def load_pretrained_encoder(path: str | Path) -> PretrainedEncoder:
                 encoder_state[key[len(prefix) :]] = value
                 break
     if not encoder_state:
-        raise ValueError(f"{path} holds no encoder weights (keys 'model.encoder.*')")
+        raise CheckpointFileError(
+            f"pretrained checkpoint {path}: no encoder weights (keys 'model.encoder.*')"
+        )
     return PretrainedEncoder(dict(config), encoder_state, tokenizer, str(path))
 
 
@@ -143,7 +150,7 @@ class EncoderTask(UnitScaledTask):
         """
         super().__init__(*args, **kwargs)
         if encoder_lr_mult <= 0:
-            raise ValueError(f"encoder_lr_mult must be > 0, got {encoder_lr_mult}")
+            raise RecipeError(f"encoder_lr_mult must be > 0, got {encoder_lr_mult}")
         self.pretrained = pretrained
         self.freeze_encoder = freeze_encoder
         self.encoder_lr_mult = encoder_lr_mult
@@ -162,8 +169,7 @@ class EncoderTask(UnitScaledTask):
         return model
 
     def _check_tokenizer(self, source: PretrainedEncoder) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        path = getattr(dm, "tokenizer_file", None)
+        path = getattr(self.datamodule, "tokenizer_file", None)
         if source.tokenizer is None or path is None:
             return
         ours = json.loads(Path(path).read_text()).get("model", {}).get("vocab")

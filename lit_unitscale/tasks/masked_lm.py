@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
-import torch
 from torch import Tensor
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
 
 from lit_unitscale.tasks.base import UnitScaledTask
 from lit_unitscale.tasks.evaluation import counted_labels
@@ -27,22 +25,21 @@ class MaskedLM(WritesPredictions, UnitScaledTask):
     """
 
     architecture = "EncoderMLM"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.val_nll, self.val_acc = MeanMetric(), MeanMetric()
-        self.test_nll, self.test_acc = MeanMetric(), MeanMetric()
+    prog_bar_metrics = ("loss", "ppl", "acc")
+    reports_perplexity = True
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         return self.model(input_ids, attention_mask)
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def loss(self, batch: dict[str, Tensor]) -> Tensor:
         # Accuracy (a full-vocabulary argmax) and token counts are evaluation-only: training
         # steps read nothing back to the host.
-        logits = self.model(batch["input_ids"], batch["attention_mask"])
-        loss = self.model.loss(logits, batch["labels"])
-        self.log_train_loss(loss, batch["input_ids"].shape[0])
-        return loss
+        return self.model.loss(
+            self.model(batch["input_ids"], batch["attention_mask"]), batch["labels"]
+        )
+
+    def split_metrics(self) -> dict[str, Metric]:
+        return {"loss": MeanMetric(), "acc": MeanMetric()}
 
     def evaluate(self, batch: dict[str, Tensor], split: str) -> None:
         logits = self.model(batch["input_ids"], batch["attention_mask"])
@@ -52,17 +49,8 @@ class MaskedLM(WritesPredictions, UnitScaledTask):
         tokens = int(masked.sum())
         if tokens:
             accuracy = ((logits.argmax(-1) == labels) & masked).sum().float() / tokens
-            getattr(self, f"{split}_nll").update(loss.detach(), weight=tokens)
-            getattr(self, f"{split}_acc").update(accuracy, weight=tokens)
-
-    def log_split(self, split: str) -> None:
-        nll, acc = getattr(self, f"{split}_nll"), getattr(self, f"{split}_acc")
-        value = nll.compute()
-        metrics = {f"{split}/loss": value, f"{split}/ppl": torch.exp(value)}
-        metrics[f"{split}/acc"] = acc.compute()
-        self.log_dict(metrics, prog_bar=split == "val", sync_dist=False)
-        nll.reset()
-        acc.reset()
+            self.metric(split, "loss").update(loss.detach(), weight=tokens)
+            self.metric(split, "acc").update(accuracy, weight=tokens)
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """The most likely token at every position, and the labels it is scored against."""
@@ -72,7 +60,7 @@ class MaskedLM(WritesPredictions, UnitScaledTask):
 
     def readable(self, batch: dict[str, Tensor], outputs: dict[str, Tensor]) -> list[dict]:
         """The masked text and, per masked position, the most likely fills beside the answer."""
-        tokenizer = self._tokenizer()
+        tokenizer = self.tokenizer
         token = tokenizer.id_to_token if tokenizer is not None else str
         rows = []
         for ids, mask, labels, top in zip(
@@ -91,21 +79,10 @@ class MaskedLM(WritesPredictions, UnitScaledTask):
             rows.append({"text": " ".join(token(t) for t in ids[:n]), "fills": fills})
         return rows
 
-    # -- the tokenizer travels with the run --------------------------------------------------
-    def _tokenizer_file(self) -> Path | None:
-        dm = getattr(self.trainer, "datamodule", None)
-        path = getattr(dm, "tokenizer_file", None)
-        return Path(path) if path is not None and Path(path).is_file() else None
-
+    # The run directory gets the tokenizer.json fine-tuning recipes point their data at.
     def on_fit_start(self) -> None:
-        path = self._tokenizer_file()
-        if path is not None and self.trainer.is_global_zero:
+        path = getattr(self.datamodule, "tokenizer_file", None)
+        if path is not None and Path(path).is_file() and self.trainer.is_global_zero:
             root = Path(self.trainer.default_root_dir)
             root.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, root / "tokenizer.json")
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        path = self._tokenizer_file()
-        if path is not None and "tokenizer" not in checkpoint:
-            checkpoint["tokenizer"] = path.read_text()

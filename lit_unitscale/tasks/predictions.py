@@ -54,9 +54,3 @@ class WritesPredictions:
         with self._predictions_file().open("a") as f:
             for row in self.readable(batch, outputs):
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-    def _datamodule(self) -> Any:
-        return getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-
-    def _tokenizer(self) -> Any:
-        return getattr(self._datamodule(), "tokenizer", None)

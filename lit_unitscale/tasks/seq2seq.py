@@ -6,13 +6,15 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
 
+from lit_unitscale.errors import RecipeError
 from lit_unitscale.metrics import G2PErrorRates
 from lit_unitscale.tasks.base import UnitScaledTask
 from lit_unitscale.tasks.decoding import CachedScorer, beam_search, greedy_decode
 from lit_unitscale.tasks.evaluation import counted_labels, counted_rows
 from lit_unitscale.tasks.predictions import WritesPredictions
+from lit_unitscale.tasks.task_data import SpecialTokens
 
 
 class Seq2Seq(WritesPredictions, UnitScaledTask):
@@ -24,10 +26,13 @@ class Seq2Seq(WritesPredictions, UnitScaledTask):
     has no references). ``predict`` decodes with beam search.
 
     Batches: ``{"input_ids", "attention_mask", "decoder_input_ids", "labels"}`` and optionally
-    ``"ref_index"``; the data module provides ``bos_id``, ``eos_id`` and ``pad_id``.
+    ``"ref_index"``; the data module is a :class:`~lit_unitscale.tasks.task_data.Seq2SeqData`
+    (``bos_id``, ``eos_id``, ``pad_id``), whose ids the checkpoints carry too.
     """
 
     architecture = "Seq2SeqLM"
+    prog_bar_metrics = ("loss", "ppl", "per", "wer")
+    reports_perplexity = True
 
     def __init__(
         self,
@@ -49,32 +54,49 @@ class Seq2Seq(WritesPredictions, UnitScaledTask):
         """
         super().__init__(*args, **kwargs)
         if beam_size < 1 or eval_beam_size < 1:
-            raise ValueError("beam sizes must be >= 1")
+            raise RecipeError("beam sizes must be >= 1")
         self.max_decode_len = max_decode_len
         self.beam_size = beam_size
         self.eval_beam_size = eval_beam_size
         self.length_penalty = length_penalty
-        self.val_nll, self.test_nll = MeanMetric(), MeanMetric()
-        self.val_rates, self.test_rates = G2PErrorRates(), G2PErrorRates()
+        # The data module's ids; or the ids a loaded checkpoint recorded; or set directly.
+        self.special_tokens: SpecialTokens | None = None
 
     def forward(
         self, input_ids: Tensor, decoder_input_ids: Tensor, attention_mask: Tensor | None = None
     ) -> Tensor:
         return self.model(input_ids, decoder_input_ids, attention_mask)
 
-    def _loss(self, batch: dict[str, Tensor], labels: Tensor) -> Tensor:
+    def loss(self, batch: dict[str, Tensor], labels: Tensor | None = None) -> Tensor:
         logits = self.model(batch["input_ids"], batch["decoder_input_ids"], batch["attention_mask"])
-        return self.model.loss(logits, labels)
+        return self.model.loss(logits, batch["labels"] if labels is None else labels)
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self._loss(batch, batch["labels"])
-        self.log_train_loss(loss, batch["input_ids"].shape[0])
-        return loss
+    def split_metrics(self) -> dict[str, Metric]:
+        # G2PErrorRates logs per (symbol) and wer (word) error rates.
+        return {"loss": MeanMetric(), "rates": G2PErrorRates()}
 
     # -- decoding ----------------------------------------------------------------------------
-    def _special(self, name: str, default: int) -> int:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        return int(getattr(dm, name, default))
+    def special(self) -> SpecialTokens:
+        """The target side's pad, bos and eos ids."""
+        found = SpecialTokens.of(self.datamodule) if self.datamodule is not None else None
+        found = found or self.special_tokens
+        if found is None:
+            raise RecipeError(
+                "Seq2Seq decoding needs the target's pad_id, bos_id and eos_id: attach a data "
+                "module that defines them, load a checkpoint that recorded them, or set "
+                "task.special_tokens"
+            )
+        return found
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        special = SpecialTokens.of(self.datamodule) or self.special_tokens
+        if special is not None:
+            checkpoint["special_tokens"] = special.to_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.special_tokens = SpecialTokens.of(checkpoint.get("special_tokens") or {})
 
     @torch.no_grad()
     def decode(
@@ -93,9 +115,8 @@ class Seq2Seq(WritesPredictions, UnitScaledTask):
             cached: keep the decoder's keys and values between steps (False: recompute every
                 prefix at the full ``max_decode_len`` width, the slow reference).
         """
-        bos, eos, pad = (
-            self._special(n, d) for n, d in (("bos_id", 2), ("eos_id", 3), ("pad_id", 0))
-        )
+        special = self.special()
+        bos, eos, pad = special.bos, special.eos, special.pad
         memory = self.model.encode(input_ids, attention_mask)
         B = input_ids.shape[0]
         if beam_size > 1:
@@ -147,11 +168,8 @@ class Seq2Seq(WritesPredictions, UnitScaledTask):
         return self.trainer.strategy.reduce_boolean_decision(finished, all=True)
 
     def _strip(self, ids: Tensor) -> list[list[int]]:
-        eos, pad, bos = (
-            self._special("eos_id", 3),
-            self._special("pad_id", 0),
-            self._special("bos_id", 2),
-        )
+        special = self.special()
+        eos, pad, bos = special.eos, special.pad, special.bos
         out = []
         for row in ids.tolist():
             seq = []
@@ -164,11 +182,11 @@ class Seq2Seq(WritesPredictions, UnitScaledTask):
         return out
 
     def _references(self, batch: dict[str, Tensor], split: str) -> list[list[list[int]]]:
-        dm = getattr(self.trainer, "datamodule", None)
+        dm = self.datamodule
         if dm is not None and hasattr(dm, "references") and "ref_index" in batch:
             name = "valid" if split == "val" else split
             return [dm.references(name, int(i)) for i in batch["ref_index"].tolist()]
-        labels = batch["labels"].masked_fill(batch["labels"] == -100, self._special("pad_id", 0))
+        labels = batch["labels"].masked_fill(batch["labels"] == -100, self.special().pad)
         return [[ref] for ref in self._strip(labels)]
 
     # -- evaluation --------------------------------------------------------------------------
@@ -177,31 +195,21 @@ class Seq2Seq(WritesPredictions, UnitScaledTask):
         beam_size = self.eval_beam_size if split == "val" else self.beam_size
         labels = counted_labels(batch)
         tokens = int((labels != -100).sum())
-        loss = self._loss(batch, labels)
+        loss = self.loss(batch, labels)
         if tokens:
-            getattr(self, f"{split}_nll").update(loss.detach(), weight=tokens)
+            self.metric(split, "loss").update(loss.detach(), weight=tokens)
         # Every process decodes its whole batch, repeats too: the steps are collectives.
         ids = self.decode(batch["input_ids"], batch["attention_mask"], beam_size)
-        getattr(self, f"{split}_rates").update(
+        self.metric(split, "rates").update(
             counted_rows(batch, self._strip(ids)),
             counted_rows(batch, self._references(batch, split)),
         )
-
-    def log_split(self, split: str) -> None:
-        nll = getattr(self, f"{split}_nll")
-        rates = getattr(self, f"{split}_rates")
-        value = nll.compute()
-        metrics = {f"{split}/loss": value, f"{split}/ppl": torch.exp(value)}
-        metrics.update({f"{split}/{k}": v for k, v in rates.compute().items()})
-        self.log_dict(metrics, prog_bar=split == "val", sync_dist=False)
-        nll.reset()
-        rates.reset()
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
         """Beam-search outputs: ids, and symbols when the data module can decode them."""
         ids = self.decode(batch["input_ids"], batch["attention_mask"], self.beam_size)
         out: dict[str, Any] = {"ids": ids}
-        dm = getattr(self.trainer, "datamodule", None)
+        dm = self.datamodule
         if dm is not None and hasattr(dm, "decode_phonemes"):
             out["phonemes"] = [dm.decode_phonemes(row) for row in ids.tolist()]
             if "ref_index" in batch and hasattr(dm, "words"):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_unitscale.callbacks.scale_wandb import HIST_STAT, PROFILE_KEY
+from lit_unitscale.errors import ToolError
 from lit_unitscale.tools.scales import FP16_MAX, FP16_MIN_NORMAL, ScalesError, load_records
 from lit_unitscale.unit.fp8 import E4M3, E5M2
 
@@ -75,7 +76,7 @@ def ranges_note() -> str:
     )
 
 
-class DashboardError(Exception):
+class DashboardError(ToolError):
     """A problem the user can fix; printed as one line."""
 
 

@@ -40,24 +40,21 @@ def export_checkpoint(
         format: ``native`` (``model.safetensors`` + ``config.json`` + ``tokenizer.json``) or
             ``hf`` (a transformers model folder with its tokenizer).
     """
+    from lit_unitscale.checkpoints import consolidate_checkpoint, load_checkpoint
+    from lit_unitscale.errors import CheckpointFileError
     from lit_unitscale.models import ARCHITECTURES, TransformerConfig, save_pretrained
-    from lit_unitscale.strategies.checkpoints import (
-        CheckpointError,
-        consolidate_checkpoint,
-        load_checkpoint,
-    )
 
     if consolidated is not None:
         consolidate_checkpoint(checkpoint, consolidated)
         checkpoint = consolidated
     state = load_checkpoint(checkpoint)
     if "model_config" not in state or "architecture" not in state:
-        raise CheckpointError(
-            f"{checkpoint}: no model_config/architecture (not a lit_unitscale run)"
+        raise CheckpointFileError(
+            f"checkpoint {checkpoint}: no model_config/architecture (not a lit_unitscale run)"
         )
     architecture = state["architecture"]
     if architecture not in ARCHITECTURES:
-        raise CheckpointError(f"{checkpoint}: unknown architecture {architecture!r}")
+        raise CheckpointFileError(f"checkpoint {checkpoint}: unknown architecture {architecture!r}")
     model = ARCHITECTURES[architecture](TransformerConfig.from_dict(state["model_config"]))
     prefix = "model."
     weights = {
@@ -70,8 +67,8 @@ def export_checkpoint(
     # Tied weights appear under one name in some formats; anything else missing is an error.
     missing = [k for k in missing if not _is_tied_alias(model, k)]
     if missing or unexpected:
-        raise CheckpointError(
-            f"{checkpoint}: weights do not match the model (missing {missing[:5]}, "
+        raise CheckpointFileError(
+            f"checkpoint {checkpoint}: weights do not match the model (missing {missing[:5]}, "
             f"unexpected {unexpected[:5]})"
         )
     if format == "hf":
@@ -115,14 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         "hf: a standard transformers model, u-μP constants folded into its weights",
     )
     args = parser.parse_args(argv)
-    from lit_unitscale.models.config import ConfigError
-    from lit_unitscale.strategies.checkpoints import CheckpointError
+    from lit_unitscale.errors import LitUnitscaleError
 
     try:
         out = export_checkpoint(
             args.checkpoint, args.out_dir, args.consolidated, format=args.format
         )
-    except (CheckpointError, ConfigError, FileNotFoundError) as error:
+    except (LitUnitscaleError, FileNotFoundError) as error:
         print(f"export: {error}", file=sys.stderr)
         return EXIT_ERROR
     print(f"exported {args.checkpoint} -> {out}")

@@ -16,10 +16,10 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from lit_unitscale.errors import LitUnitscaleError
+from lit_unitscale.errors import ToolError
 
 
-class GenerateError(LitUnitscaleError, ValueError):
+class GenerateError(ToolError, ValueError):
     """A generate argument or input that cannot work."""
 
 
@@ -42,14 +42,14 @@ def load_model(source: str | Path) -> tuple[nn.Module, Tokenizer]:
         if not tokenizer_file.is_file():
             raise GenerateError(f"generate: {folder} has no {TOKENIZER_NAME}")
         return model, Tokenizer.from_file(str(tokenizer_file))
-    from lit_unitscale.strategies.checkpoints import CheckpointError
+    from lit_unitscale.errors import CheckpointFileError
     from lit_unitscale.tools.export import export_checkpoint
 
     # The export's reading of every checkpoint format, into a folder that lives for the load.
     with tempfile.TemporaryDirectory() as tmp:
         try:
             export_checkpoint(path, tmp)
-        except CheckpointError as error:
+        except CheckpointFileError as error:
             raise GenerateError(f"generate: {error}") from None
         if not (Path(tmp) / TOKENIZER_NAME).is_file():
             raise GenerateError(f"generate: {source} recorded no tokenizer")

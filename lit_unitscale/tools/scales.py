@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lit_unitscale.errors import ToolError
 from lit_unitscale.unit.fp8 import E4M3, E5M2
 
 JSONL_NAME = "scales.jsonl"
@@ -51,7 +52,7 @@ LIMITS = [
 assert E5M2.min_normal == FP16_MIN_NORMAL  # one line marks both
 
 
-class ScalesError(Exception):
+class ScalesError(ToolError):
     """A problem the user can fix; printed as one line."""
 
 

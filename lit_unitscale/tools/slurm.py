@@ -23,20 +23,17 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lit_unitscale.errors import ToolError
+
 DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "train.sbatch"  # package data
 EXIT_USAGE = 2
 
 
-class SlurmError(Exception):
-    """A problem the user can fix; printed as one line, never as a traceback."""
+class SlurmError(ToolError):
+    """A problem the user can fix; printed as one line, never as a traceback (exit 1, or 2 for
+    a recipe/option mismatch)."""
 
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        """Args:
-        message: the one-line explanation printed to stderr.
-        exit_code: the process exit status (2 for a recipe/option mismatch).
-        """
-        super().__init__(message)
-        self.exit_code = exit_code
+    exit_code = 1
 
 
 # What may reach the job script. #SBATCH lines are read by sbatch, not by a shell: nothing can be

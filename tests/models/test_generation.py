@@ -17,6 +17,7 @@ from lit_unitscale.models.attention import KVCache
 from lit_unitscale.tasks.causal_lm import CausalLM
 from lit_unitscale.tasks.decoding import generate, sampler
 from lit_unitscale.tasks.seq2seq import Seq2Seq
+from lit_unitscale.tasks.task_data import SpecialTokens
 
 V = 23
 POSITIONS = ["rope", "learned", "sinusoidal", "relative", "none"]
@@ -116,6 +117,7 @@ def test_seq2seq_cached_decoding_equals_uncached(positions, parametrization, len
     torch.manual_seed(seed)
     cfg = config(positions=positions, parametrization=parametrization, max_seq_len=12)
     task = Seq2Seq(cfg, max_decode_len=10)
+    task.special_tokens = SpecialTokens(pad=0, bos=2, eos=3)
     task.configure_model()
     task.model.double().eval()
     for name, p in task.model.named_parameters():

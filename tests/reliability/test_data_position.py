@@ -13,7 +13,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lit_unitscale.checkpoint_io import atomic_folder_save, recover_folder_swaps, swap_in
+from lit_unitscale.checkpoints import atomic_folder_save, recover_folder_swaps, swap_in
 from lit_unitscale.strategies.resume import ResumableSampler
 
 

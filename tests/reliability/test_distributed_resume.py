@@ -267,7 +267,7 @@ def test_kill_9_during_a_sharded_save_keeps_the_previous_checkpoint(
 ) -> None:
     import torch
 
-    from lit_unitscale.strategies.checkpoints import load_checkpoint
+    from lit_unitscale.checkpoints import load_checkpoint
 
     # Ranks the kill reached wrote nothing; the others lost their peers.
     assert all("error" in r for r in runs.records[job]), "the run was meant to die while saving"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_unitscale.checkpoint_io import AtomicCheckpointIO, atomic_torch_save, safe_torch_load
+from lit_unitscale.checkpoints import AtomicCheckpointIO, atomic_torch_save, safe_load
 from tests.conftest import ROOT
 from tests.reliability.runs import losses, popen, recipe, recorder
 
@@ -39,7 +39,7 @@ def _wait_for(condition, proc: subprocess.Popen, timeout: float = 300) -> None:
 
 
 def _step(ckpt: Path) -> int:
-    return safe_torch_load(ckpt)["global_step"] if ckpt.exists() else -1
+    return safe_load(ckpt)["global_step"] if ckpt.exists() else -1
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_non_finite_step_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path
     message = next(line for line in err.splitlines() if line.startswith("lit_unitscale: "))
     assert message.startswith("lit_unitscale: training stopped at step 4: loss is nan")
     assert "first non-finite: block0/act (ScaleMonitor, step 4)" in message
-    checkpoint = safe_torch_load(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    checkpoint = safe_load(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert checkpoint["global_step"] == 3
     assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values())
 
@@ -124,7 +124,7 @@ def test_non_finite_step_skipped_and_counted(tmp_path: Path) -> None:
     }
     code, _, err = _wait(popen("fit", "--config", str(_nan_recipe(tmp_path, guard))))
     assert code == 0, err[-3000:]
-    checkpoint = safe_torch_load(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    checkpoint = safe_load(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert checkpoint["global_step"] == 6
     assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values())
     (state,) = [v for k, v in checkpoint["callbacks"].items() if "NonFiniteGuard" in k]
@@ -141,13 +141,13 @@ def test_failed_save_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
     AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
     with pytest.raises(RuntimeError, match="disk full"):
         AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": _Explodes()}}, path)
-    assert torch.equal(safe_torch_load(path)["state_dict"]["w"], torch.ones(3))
+    assert torch.equal(safe_load(path)["state_dict"]["w"], torch.ones(3))
     assert os.listdir(tmp_path) == ["last.ckpt"]
 
 
 _SAVER = """
 import sys, torch
-from lit_unitscale.checkpoint_io import atomic_torch_save
+from lit_unitscale.checkpoints import atomic_torch_save
 for i in range(1000):
     atomic_torch_save({"i": i, "w": torch.full((32, 1024, 1024), float(i))}, sys.argv[1])
     print(i, flush=True)
@@ -163,7 +163,7 @@ def test_kill_9_while_saving_leaves_a_loadable_checkpoint(tmp_path: Path) -> Non
     _wait_for(lambda: any(p.name.endswith(".tmp") for p in tmp_path.iterdir()), proc)
     proc.kill()  # mid-write of the next one
     proc.wait()
-    checkpoint = safe_torch_load(path)
+    checkpoint = safe_load(path)
     assert checkpoint["w"].shape == (32, 1024, 1024)
     assert torch.all(checkpoint["w"] == checkpoint["i"])
 

@@ -49,7 +49,7 @@ class Probe(L.Callback):
         decode = getattr(pl_module, "decode", None)
         if decode is None or hasattr(decode, "probed"):
             return
-        eos = pl_module._special("eos_id", 3)
+        eos = pl_module.special().eos
 
         def probed(*args, **kwargs):
             ids = decode(*args, **kwargs)

@@ -253,8 +253,8 @@ def test_precision_strategy_combinations_train(runs, name: str) -> None:
 def test_sharded_checkpoints_consolidate_and_export(runs, strategy: str, tmp_path: Path) -> None:
     import torch
 
+    from lit_unitscale.checkpoints import checkpoint_kind, load_checkpoint
     from lit_unitscale.models import load
-    from lit_unitscale.strategies.checkpoints import checkpoint_kind, load_checkpoint
     from lit_unitscale.tools.export import main as export
 
     sharded = runs.two / strategy / "ckpt" / f"step={SAVE}.ckpt"

@@ -14,11 +14,7 @@ from tests.tasks.conftest import CONFIGS
 
 
 def _metrics(task) -> dict[str, Metric]:
-    return {
-        name: module
-        for name, module in task.named_children()
-        if name.startswith("val_") and isinstance(module, Metric)
-    }
+    return dict(task.metrics["val"].items())
 
 
 def _values(task, batch: dict) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lit_unitscale.errors import CheckpointFileError
 from lit_unitscale.tasks.finetune import PretrainedMismatchError, load_pretrained_encoder
 from tests.tasks.conftest import cli, last_checkpoint
 
@@ -124,7 +125,7 @@ def test_another_tokenizer_is_refused(pretrained, tmp_path: Path) -> None:
 
 
 def test_missing_or_foreign_checkpoint(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(CheckpointFileError, match="not found"):
         load_pretrained_encoder(tmp_path / "nope.ckpt")
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match="model_config"):

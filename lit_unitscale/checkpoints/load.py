@@ -24,18 +24,18 @@ import contextlib
 import io
 import pickle
 import re
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lit_unitscale.checkpoints.atomic import atomic_torch_save
+from lit_unitscale.errors import CheckpointFileError
+
 _META = "meta.pt"
 _KEEP = ("model_config", "architecture", "tokenizer", "epoch", "global_step", "hyper_parameters")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint we cannot read; the message names the file and the reason."""
 
 
 def checkpoint_kind(path: str | Path) -> str:
@@ -51,11 +51,14 @@ def checkpoint_kind(path: str | Path) -> str:
         return "fsdp2"
     if (path / "latest").is_file() or (path / "checkpoint").is_dir():
         return "deepspeed"
-    raise CheckpointError(f"{path}: not a checkpoint file, FSDP2 folder or DeepSpeed folder")
+    raise CheckpointFileError(
+        f"checkpoint {path}: not a checkpoint file, FSDP2 folder or DeepSpeed folder"
+    )
 
 
-def _safe_globals() -> list[Any]:
-    """Plain classes our checkpoints legitimately contain, for ``weights_only`` loads."""
+def safe_globals() -> list[Any]:
+    """Plain classes our checkpoints legitimately contain, for ``weights_only`` loads: the model
+    config in the hyperparameters and, when DeepSpeed is installed, its ZeRO state records."""
     from lit_unitscale.models.config import TransformerConfig
 
     allowed: list[Any] = [TransformerConfig]
@@ -69,17 +72,31 @@ def _safe_globals() -> list[Any]:
     return allowed
 
 
-def safe_load(path: str | Path) -> Any:
-    """``torch.load(path, weights_only=True)`` with our checkpoints' plain classes allowed.
+def safe_load(path: str | Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with our checkpoints' plain classes allowed; a
+    missing, truncated, corrupt or pickled-object file is one :class:`CheckpointFileError`.
 
     Args:
         path: a file written by ``torch.save``.
+        map_location: as for ``torch.load``.
     """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointFileError(f"checkpoint {path}: file not found")
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        raise CheckpointError(f"{path}: refused to unpickle: {error}") from None
+        reason = str(error).strip().splitlines()[0]
+        raise CheckpointFileError(
+            f"checkpoint {path}: refused by the safe loader (weights_only): {reason}"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointFileError(
+            f"checkpoint {path}: truncated or corrupt ({reason}); "
+            "use an earlier checkpoint or start without --ckpt_path"
+        ) from None
 
 
 # -- FSDP2 (torch distributed checkpoint) ----------------------------------------------------
@@ -151,7 +168,7 @@ class _WeightsOnlyTorch:
     @staticmethod
     def load(*args: Any, **kwargs: Any) -> Any:
         kwargs["weights_only"] = True
-        with torch.serialization.safe_globals(_safe_globals()):
+        with torch.serialization.safe_globals(safe_globals()):
             return torch.load(*args, **kwargs)
 
 
@@ -172,7 +189,7 @@ def _deepspeed_checkpoint(folder: Path) -> dict[str, Any]:
     tag_dir = folder / (tag or "checkpoint")
     model_files = sorted(tag_dir.glob("*model_states.pt"))
     if not model_files:
-        raise CheckpointError(f"{folder}: no DeepSpeed model states under {tag_dir}")
+        raise CheckpointFileError(f"checkpoint {folder}: no DeepSpeed model states under {tag_dir}")
     client = safe_load(model_files[0])
     with _weights_only_zero_to_fp32() as zero_to_fp32:
         weights = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=tag)
@@ -208,8 +225,6 @@ def check_deepspeed_world_size(folder: str | Path, world_size: int) -> None:
         folder: the checkpoint folder.
         world_size: data-parallel processes of this run.
     """
-    from lit_unitscale.errors import CheckpointFileError
-
     saved = deepspeed_saved_world_size(folder)
     if saved is None or saved == world_size:
         return
@@ -236,7 +251,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if kind == "file":
         checkpoint = safe_load(path)
         if "state_dict" not in checkpoint:
-            raise CheckpointError(f"{path}: no state_dict (not a Lightning checkpoint)")
+            raise CheckpointFileError(
+                f"checkpoint {path}: no state_dict (not a Lightning checkpoint)"
+            )
         return checkpoint
     if kind == "fsdp2":
         meta = safe_load(path / _META) if (path / _META).is_file() else {}
@@ -259,5 +276,4 @@ def consolidate_checkpoint(path: str | Path, out_file: str | Path) -> Path:
     keep["state_dict"] = {k: v.detach().cpu().contiguous() for k, v in keep["state_dict"].items()}
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(keep, out)
-    return out
+    return atomic_torch_save(keep, out)

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import Strategy
 
-from lit_unitscale.checkpoint_io import (
+from lit_unitscale.checkpoints.atomic import (
     AtomicCheckpointIO,
     atomic_folder_save,
     recover_folder_swaps,

@@ -1,4 +1,4 @@
-"""Checkpoints written atomically and read without unpickling arbitrary objects.
+"""Checkpoints written atomically: a crash leaves the previous checkpoint or the new one.
 
 Saving writes a temporary file in the checkpoint's own directory, fsyncs it, then
 ``os.replace``s it over the target (and fsyncs the directory), so a crash, ``kill -9`` or full
@@ -12,8 +12,7 @@ same guarantee from :func:`atomic_folder_save`: every rank writes its shard into
 ``renameat2(RENAME_EXCHANGE)`` on Linux; elsewhere two renames, the old folder parked as
 ``.<name>.previous`` and put back by :func:`recover_folder_swaps` if a crash falls between them).
 
-Loading always uses ``torch.load(weights_only=True)`` with the few plain classes our
-checkpoints hold allow-listed, and turns a truncated or corrupt file into one clear error.
+Loading is :mod:`lit_unitscale.checkpoints.load`.
 """
 
 from __future__ import annotations
@@ -22,10 +21,8 @@ import contextlib
 import ctypes
 import errno
 import os
-import pickle
 import shutil
 import tempfile
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,13 +41,6 @@ def _umask() -> int:
 
 
 _UMASK = _umask()
-
-
-def safe_globals() -> list[Any]:
-    """Plain classes our checkpoints legitimately contain (the model config in hparams)."""
-    from lit_unitscale.models.config import TransformerConfig
-
-    return [TransformerConfig]
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -227,32 +217,6 @@ def atomic_folder_save(
     return path
 
 
-def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
-    """``torch.load(weights_only=True)`` of a user's file, with a clear error if it is bad.
-
-    Args:
-        path: the checkpoint file.
-        map_location: as for ``torch.load``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointFileError(f"checkpoint {path}: file not found")
-    try:
-        with torch.serialization.safe_globals(safe_globals()):
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[0]
-        raise CheckpointFileError(
-            f"checkpoint {path}: refused by the safe loader (weights_only): {reason}"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointFileError(
-            f"checkpoint {path}: truncated or corrupt ({reason}); "
-            "use an earlier checkpoint or start without --ckpt_path"
-        ) from None
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning ``CheckpointIO``: atomic, fsynced saves and safe loads (see module docstring)."""
 
@@ -283,7 +247,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             map_location: as for ``torch.load``.
             weights_only: ignored: user files are never fully unpickled.
         """
-        checkpoint = safe_torch_load(path, map_location=map_location)
+        from lit_unitscale.checkpoints.load import safe_load
+
+        checkpoint = safe_load(path, map_location=map_location)
         if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
             raise CheckpointFileError(f"checkpoint {path}: not a Lightning checkpoint")
         return checkpoint
