@@ -307,6 +307,7 @@ def test_mix_and_token_count_epochs_in_the_data_module(tmp_path, fixtures):
         CausalLMData(corpus=[str(a), str(other)]).setup()
 
 
+@pytest.mark.slow
 def test_ptb_streams_the_ids_of_its_text():
     """PTB through the shards: each line's word ids then <eos>, the standard 10k vocabulary."""
     from lit_unitscale.data.packages import PTB, fetch
@@ -321,3 +322,15 @@ def test_ptb_streams_the_ids_of_its_text():
         ids = [i for line in lines for i in [*(vocab[w] for w in line.split()), eos]]
         assert data.tokens[split].tolist() == ids
     assert data.vocab_size == 10_000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("corpus", "kind"), [("shakespeare+ptb", "word"), ("shakespeare", "bpe")])
+def test_named_corpora_stream_the_in_memory_token_ids(corpus, kind):
+    """The oracle is the in-memory path shards replaced: text_lines, then each line encoded."""
+    from lit_unitscale.data.text_corpora import text_lines
+
+    data = CausalLMData(corpus=corpus, tokenizer=kind, seq_len=64)
+    lines = text_lines(corpus)
+    for split in ("train", "valid", "test"):
+        assert data.tokens[split].tolist() == _oracle(lines[split], data.tokenizer_file)
