@@ -14,9 +14,6 @@ order round-robin over W', so every example is seen exactly once per epoch (plus
 ``DistributedSampler`` also pads the epoch's end with). On the same W the resumed order is the
 uninterrupted one exactly. It works for any map-style dataset whose loader uses the default
 batch sampler; other loaders are left alone.
-
-It also stores the run's tokenizer (``tokenizer.json`` text) in the checkpoint, when the data
-module has a ``tokenizer_file``, so a checkpoint can be exported on its own.
 """
 
 from __future__ import annotations
@@ -25,7 +22,6 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -131,13 +127,6 @@ class ResumableSampling(Callback):
         self._saved_micro_batch = int(state_dict.get("micro_batch", 0))
         if "samples" not in state_dict:  # older checkpoints: this rank's batches
             self._legacy_batches = int(state_dict.get("consumed", 0))
-
-    def on_save_checkpoint(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        path = getattr(trainer.datamodule, "tokenizer_file", None) if trainer.datamodule else None
-        if path is not None and Path(path).is_file():
-            checkpoint["tokenizer"] = Path(path).read_text()
 
     # -- loader wrapping -------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
