@@ -2,7 +2,7 @@
 
 errors < unit (maths) < models < tasks < cli < tools; data and metrics stand beside models;
 checkpoints read models' config; callbacks read module roles from unit, never model, data or
-task internals; strategies know checkpoints and unit, not models or tasks. Every import
+task internals; strategies apply parallelism to models and know checkpoints, not tasks. Every import
 statement in every file is checked, relative ones and those inside functions included, and
 every folder and module of the package must have a place here.
 """
@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "data": {"errors"},
     "checkpoints": {"errors", "models"},
     "callbacks": {"errors", "unit", "checkpoints"},
-    "strategies": {"errors", "unit", "checkpoints"},
+    "strategies": {"errors", "unit", "models", "checkpoints"},
     "tasks": {
         "errors",
         "unit",

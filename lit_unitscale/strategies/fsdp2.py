@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
+from lit_unitscale.models.activation_checkpointing import checkpoint_blocks
 from lit_unitscale.strategies.checks import CheckedStrategy
 from lit_unitscale.strategies.topology import TopologyError
 
@@ -50,22 +51,6 @@ def shard_model(
     for name in getattr(model, "entry_methods", ()):
         register_fsdp_forward_method(model, name)
     return model
-
-
-def checkpoint_blocks(model: nn.Module) -> None:
-    """Recompute each block's activations in backward (blocks already wrapped are left alone).
-
-    Args:
-        model: a model with a ``blocks()`` method.
-    """
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
-        CheckpointWrapper,
-        apply_activation_checkpointing,
-    )
-
-    blocks = {id(b) for b in model.blocks() if not isinstance(b, CheckpointWrapper)}
-    if blocks:
-        apply_activation_checkpointing(model, check_fn=lambda m: id(m) in blocks)
 
 
 class FSDP2Strategy(CheckedStrategy, ModelParallelStrategy):

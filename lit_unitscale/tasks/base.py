@@ -15,6 +15,7 @@ from lit_unitscale.callbacks.logging_steps import is_logging_step
 from lit_unitscale.checkpoints.tokenizer import store_tokenizer
 from lit_unitscale.errors import CheckpointMismatchError, RecipeError
 from lit_unitscale.models import ARCHITECTURES, TransformerConfig
+from lit_unitscale.models.activation_checkpointing import checkpoint_blocks
 from lit_unitscale.tasks.schedule import Schedule, lr_factor
 from lit_unitscale.tasks.task_data import TaskData
 from lit_unitscale.unit import global_batch, param_groups
@@ -161,7 +162,7 @@ class UnitScaledTask(L.LightningModule):
                 model = self.build_model()
             init.name_parameters(model)
         if self.hparams.activation_checkpointing:
-            _checkpoint_blocks(model)
+            checkpoint_blocks(model)
         self.model = model
         if mesh is not None:
             # The strategy applies its own parallelism (FSDP2Strategy: its recipe options).
@@ -351,12 +352,3 @@ class UnitScaledTask(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.log_split("test")
-
-
-def _checkpoint_blocks(model: nn.Module) -> None:
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
-        apply_activation_checkpointing,
-    )
-
-    blocks = {id(b) for b in model.blocks()}
-    apply_activation_checkpointing(model, check_fn=lambda m: id(m) in blocks)

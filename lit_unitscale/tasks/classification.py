@@ -17,7 +17,7 @@ from lit_unitscale.tasks.finetune import EncoderTask
 from lit_unitscale.tasks.predictions import WritesPredictions
 
 
-class SequenceClassifier(WritesPredictions, EncoderTask):
+class SequenceClassification(WritesPredictions, EncoderTask):
     """One label per sequence; reports loss, accuracy and macro F1.
 
     Batches: ``{"input_ids", "attention_mask", "labels": (B,)}``.
@@ -83,7 +83,7 @@ class SequenceClassifier(WritesPredictions, EncoderTask):
         return getattr(self.datamodule, "label_names", None)
 
 
-class TokenClassifier(WritesPredictions, EncoderTask):
+class TokenClassification(WritesPredictions, EncoderTask):
     """One tag per word (the first sub-word carries it); reports loss and seqeval-style
     entity-span precision/recall/F1 (micro and per type) from the data's BIO tag names.
 
@@ -162,3 +162,8 @@ class TokenClassifier(WritesPredictions, EncoderTask):
             ]
             rows.append({"words": words, "tags": tags, "spans": spans})
         return rows
+
+
+# The task classes' names until this release (recipes' class_path); the models keep theirs.
+SequenceClassifier = SequenceClassification
+TokenClassifier = TokenClassification

@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch import Trainer
 
 from lit_unitscale.models import DecoderLM, TransformerConfig
+from lit_unitscale.models.activation_checkpointing import checkpoint_blocks
 from lit_unitscale.strategies import (
     DDPStrategy,
     DeepSpeedStrategy,
@@ -21,7 +22,6 @@ from lit_unitscale.strategies import (
     TopologyError,
     check_slurm_topology,
 )
-from lit_unitscale.strategies.fsdp2 import checkpoint_blocks
 
 SLURM = {"SLURM_NTASKS": "8", "SLURM_JOB_NAME": "train", "SLURM_NTASKS_PER_NODE": "4"}
 
