@@ -131,8 +131,12 @@ def run_search(
     optima = {}
     for name, mine in per_name.items():
         best = _best(mine)
+        default = next((r for r in mine if r[name] == search.defaults[name]), None)
         # The default stays unless another value is strictly better.
-        optima[name] = best[name] if best is not None else search.defaults[name]
+        if best is None or (default is not None and default["val_loss"] <= best["val_loss"]):
+            optima[name] = search.defaults[name]
+        else:
+            optima[name] = best[name]
     combined_settings = {**at_lr, **optima}
     (combined,) = run_trials([combined_settings], objective, results, **executor)
     best_single = _best(rows) or best_lr
@@ -244,8 +248,8 @@ def overlay_text(
         "# u-μP hyperparameters tuned for " + " + ".join(configs) + " by",
         f"#   {command}",
         f"# on a proxy of width {base['width']} and {base['steps']} steps "
-        f"(warmup {base['warmup_steps']}); every trial is in results.jsonl, the tables in "
-        "report.md.",
+        f"(warmup {base.get('warmup_steps', 'as the recipe')}); every trial is in "
+        "results.jsonl, the tables in report.md.",
         "# Use: python -m lit_unitscale fit "
         + " ".join(f"--config {c}" for c in configs)
         + " --config <this file>",
@@ -268,20 +272,19 @@ def overlay_text(
         f"(val loss {lr_row['val_loss']:.4f}); u-μP's LR transfers across width"
     )
     for name in HYPERPARAMETERS:
-        if name not in search.grids and name != "weight_decay":
-            continue
+        if name not in search.grids:
+            continue  # the recipe's value stands
         value = float(chosen.get(name, search.defaults[name]))
-        if name in search.grids:
-            rows = result["single"][name]
-            best = _best(rows)
+        best = _best(result["single"][name])
+        if best is None:
+            where = "every value diverged: default kept"
+        else:
             where = (
                 f"independent search {_range(search.grids[name])} at lr {_fmt(lr_row['lr'])}: "
                 f"best {_fmt(best[name])} (val loss {best['val_loss']:.4f})"
-                if best is not None
-                else "every value diverged: default kept"
             )
-        else:
-            where = "not searched: the recipe's"
+            if best[name] != value:
+                where += ", not kept: the combination lost"
         if name == "weight_decay":
             # Per-step decay: the same total shrinkage over the target's horizon.
             scaled = value * base["steps"] / target_steps
@@ -292,7 +295,9 @@ def overlay_text(
             )
         else:
             model_lines.append(f"      {name}: {_fmt(value)}  # {where}")
-    lines += ["model:", "  init_args:", *task_lines, "    model:", *model_lines]
+    lines += ["model:", "  init_args:", *task_lines]
+    if model_lines:  # an empty `model:` would replace the recipe's model config with null
+        lines += ["    model:", *model_lines]
     return "\n".join(lines) + "\n"
 
 
@@ -317,7 +322,8 @@ def report_text(search: Search, result: dict[str, Any]) -> str:
     lines = [
         "# u-μP tuning report",
         "",
-        f"Proxy: width {base['width']}, {base['steps']} steps, warmup {base['warmup_steps']}. "
+        f"Proxy: width {base['width']}, {base['steps']} steps, "
+        f"warmup {base.get('warmup_steps', 'as the recipe')}. "
         f"Defaults: " + ", ".join(f"{k} {_fmt(v)}" for k, v in search.defaults.items()) + ".",
         "",
         "## 1. Learning rate (every other hyperparameter at its default)",

@@ -20,7 +20,14 @@ from lit_unitscale.tools.search import (
     run_trials,
     trial_key,
 )
-from lit_unitscale.tools.tune import HYPERPARAMETERS, MULTIPLIERS, Search, log_grid, run_search
+from lit_unitscale.tools.tune import (
+    HYPERPARAMETERS,
+    MULTIPLIERS,
+    Search,
+    log_grid,
+    overlay_text,
+    run_search,
+)
 from lit_unitscale.tools.tune import main as tune_main
 from tests.conftest import ROOT
 
@@ -219,3 +226,28 @@ def test_tune_on_ptb_tiny_writes_an_overlay_fit_accepts(tmp_path, capsys) -> Non
     tuned = yaml.safe_load(overlay)["model"]["init_args"]
     assert task.hparams.lr == tuned["lr"] and task.hparams.weight_decay == tuned["weight_decay"]
     assert {m: getattr(task.config, m) for m in MULTIPLIERS} == tuned["model"]
+
+
+def test_the_overlay_says_where_each_value_came_from(tmp_path) -> None:
+    def interacting(s: dict) -> dict:  # attn_mult 2 and loss_mult 2 help alone, hurt together
+        a, b = s["attn_mult"] == 2.0, s["loss_mult"] == 2.0
+        decay = 0.1 * (s["weight_decay"] != 4e-4)
+        loss = 3.0 - 0.1 * a - 0.2 * b + (0.5 if a and b else 0.0) + abs(math.log2(s["lr"]))
+        return {"val_loss": loss + decay}
+
+    search = planted_search()
+    result = run_search(search, interacting, tmp_path / "results.jsonl")
+    text = overlay_text(search, result, ["recipe.yaml"], target_steps=40, command="tune ...")
+    tuned = yaml.safe_load(text)["model"]["init_args"]
+    assert tuned["lr"] == 1.0 and tuned["model"]["loss_mult"] == 2.0
+    assert tuned["model"]["attn_mult"] == 1.0  # the best single change was loss_mult's
+    line = next(x for x in text.splitlines() if x.strip().startswith("attn_mult:"))
+    assert "best 2 " in line and "not kept: the combination lost" in line
+    assert tuned["weight_decay"] == 0.0
+    # Searching only the decay writes no model key (which would replace the model with null),
+    # and the per-step decay is rescaled to the target's 40 steps: the same total as 4e-4 x 10.
+    only = Search(search.base, search.defaults, search.lrs, {"weight_decay": DECAYS})
+    result = run_search(only, interacting, tmp_path / "results.jsonl")
+    tuned = yaml.safe_load(overlay_text(only, result, ["r.yaml"], 40, "tune"))["model"]
+    assert set(tuned["init_args"]) == {"lr", "weight_decay"}
+    assert tuned["init_args"]["weight_decay"] == pytest.approx(4e-4 * 10 / 40)
