@@ -331,7 +331,6 @@ def _train_tokenizer(
 ) -> Path:
     """A tokenizer.json: the given file, or trained on the training split (or a sample)."""
     if tokenizer not in ("word", "bpe"):
-        load_tokenizer(tokenizer)  # one clear error if it is not a tokenizer.json
         return Path(tokenizer).expanduser()
     size = vocab_size if vocab_size is not None or tokenizer == "word" else 8192
     total = sum(p.text_bytes for p in train)
@@ -411,6 +410,7 @@ def prepare(
     tokenizer: str = "bpe",
     vocab_size: int | None = None,
     workers: int | None = None,
+    *,
     text_field: str = "text",
     progress: bool = True,
 ) -> Manifest:
@@ -428,8 +428,24 @@ def prepare(
     import litdata
 
     out = Path(out).expanduser()
+    tokenizer_spec = tokenizer
+    if tokenizer not in ("word", "bpe"):
+        load_tokenizer(tokenizer)  # one clear error if it is not a tokenizer.json
+        tokenizer_spec = sha256_file(Path(tokenizer).expanduser())
+    request = {
+        "inputs": list(inputs),
+        "tokenizer": tokenizer_spec,
+        "vocab_size": vocab_size,
+        "text_field": text_field,
+    }
     if (out / MANIFEST).is_file():
-        return read_manifest(out)
+        done = read_manifest(out)
+        if done.data.get("request") != request:
+            raise DataFormatError(
+                f"{out} already holds a corpus prepared from other inputs or settings "
+                f"({done.data.get('request')}); choose another --out or delete it."
+            )
+        return done
     workers = max(1, workers or os.cpu_count() or 1)
     resolved = resolve_inputs(inputs)
     scans = [(_scan(path, _kind(path), text_field), split) for path, split in resolved]
@@ -444,11 +460,8 @@ def prepare(
         raise EmptyDataError(f"prepare: the inputs {' '.join(inputs)} leave the train split empty.")
     work = out / ".work"
     plan = {
-        "inputs": list(inputs),
+        **request,
         "sources": [{"path": str(s.path), "bytes": s.size, "sha256": s.sha256} for s, _ in scans],
-        "tokenizer": tokenizer if tokenizer in ("word", "bpe") else sha256_file(Path(tokenizer)),
-        "vocab_size": vocab_size,
-        "text_field": text_field,
     }
     plan_file = work / "plan.json"
     if plan_file.is_file() and json.loads(plan_file.read_text()) != plan:
@@ -514,6 +527,7 @@ def prepare(
         "splits": {split: {"tokens": counts[split]} for split in SPLITS},
         "text_field": text_field,
         "litdata": litdata.__version__,
+        "request": request,
     }
     atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=1).encode())
     shutil.rmtree(work, ignore_errors=True)

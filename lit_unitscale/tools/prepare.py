@@ -44,7 +44,7 @@ def run(
     if workers is not None and workers < 1:
         raise PrepareError(f"prepare: --workers must be >= 1, got {workers}")
     try:
-        manifest = prepare(inputs, out, tokenizer, vocab_size, workers, text_field)
+        manifest = prepare(inputs, out, tokenizer, vocab_size, workers, text_field=text_field)
     except DataError as error:
         raise PrepareError(f"prepare: {error}") from None
     return manifest.data

@@ -108,7 +108,8 @@ def test_litdata_reads_the_shards_as_ours_do(tmp_path, monkeypatch, fixtures):
     from litdata import StreamingDataset, TokensLoader
 
     _small_units(monkeypatch, piece=500, part=2000, chunk=1000)
-    manifest = prep.prepare([str(fixtures / "text")], tmp_path / "out", "word", None, 2, False)
+    text = str(fixtures / "text")
+    manifest = prep.prepare([text], tmp_path / "out", "word", None, 2, progress=False)
     ours = split_tokens(manifest, "train").tolist()
     assert len(json.loads((tmp_path / "out/train/index.json").read_text())["chunks"]) > 2
     block = 7
@@ -130,18 +131,20 @@ def test_jsonl_records_and_text_field(tmp_path):
     records = [{"body": f"line {i} of record\nsecond line {i}"} for i in range(40)]
     source = tmp_path / "docs.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in records))
-    manifest = prep.prepare([str(source)], tmp_path / "out", "word", None, 1, "body", False)
+    out = tmp_path / "out"
+    manifest = prep.prepare([str(source)], out, "word", text_field="body", progress=False)
     lines = [s for r in records[:36] for s in r["body"].splitlines()]
     assert split_tokens(manifest, "train").tolist() == _oracle(lines, manifest.tokenizer_file)
     with pytest.raises(prep.DataFormatError, match="'text' text field"):
-        prep.prepare([str(source)], tmp_path / "other", "word", None, 1, "text", False)
+        prep.prepare([str(source)], tmp_path / "other", "word", progress=False)
 
 
 def test_interrupted_prepare_resumes_to_the_same_shards(tmp_path, monkeypatch, fixtures):
     _small_units(monkeypatch, piece=300, part=900, chunk=2000)
     import litdata
 
-    reference = prep.prepare([str(fixtures / "text")], tmp_path / "ref", "bpe", 300, 1, False)
+    text = str(fixtures / "text")
+    reference = prep.prepare([text], tmp_path / "ref", "bpe", 300, 1, progress=False)
     real = litdata.optimize
     calls: list[str] = []
     killed: list[bool] = []
@@ -159,13 +162,13 @@ def test_interrupted_prepare_resumes_to_the_same_shards(tmp_path, monkeypatch, f
     monkeypatch.setattr(litdata, "optimize", dies_on_the_third_part)
     out = tmp_path / "out"
     with pytest.raises(Killed):
-        prep.prepare([str(fixtures / "text")], out, "bpe", 300, 1, False)
+        prep.prepare([str(fixtures / "text")], out, "bpe", 300, 1, progress=False)
     assert not (out / "manifest.json").exists()
     with pytest.raises(ShardError, match="unfinished prepare"):
         CausalLMData(corpus=str(out)).prepare_data()
     done = list(calls[:2])
     calls.clear()
-    manifest = prep.prepare([str(fixtures / "text")], out, "bpe", 300, 1, False)
+    manifest = prep.prepare([str(fixtures / "text")], out, "bpe", 300, 1, progress=False)
     assert not set(done) & set(calls), "finished parts were redone"
     for split in ("train", "valid", "test"):
         assert split_tokens(manifest, split).tolist() == split_tokens(reference, split).tolist()
@@ -175,13 +178,20 @@ def test_interrupted_prepare_resumes_to_the_same_shards(tmp_path, monkeypatch, f
 
 @pytest.fixture
 def prepared(tmp_path, fixtures) -> Path:
-    prep.prepare([str(fixtures / "text")], tmp_path / "prepared", "word", None, 1, False)
+    prep.prepare([str(fixtures / "text")], tmp_path / "prepared", "word", None, 1, progress=False)
     return tmp_path / "prepared"
 
 
 def _chunk(folder: Path) -> Path:
     name = json.loads((folder / "train" / "index.json").read_text())["chunks"][0]["filename"]
     return folder / "train" / name
+
+
+def test_prepare_into_a_folder_of_other_inputs_is_refused(prepared, fixtures):
+    again = prep.prepare([str(fixtures / "text")], prepared, "word", None, 2, progress=False)
+    assert again.folder == prepared  # the same request: the finished folder as it is
+    with pytest.raises(prep.DataFormatError, match="already holds a corpus prepared from other"):
+        prep.prepare([str(fixtures / "text")], prepared, "bpe", 300, 1, progress=False)
 
 
 def test_truncated_shard_is_one_clear_error(prepared):
@@ -215,7 +225,7 @@ def test_corrupt_token_ids_are_one_clear_error(prepared):
 
 def test_tokenizer_hash_mismatch_is_one_clear_error(prepared, tmp_path, fixtures):
     other = tmp_path / "other"
-    prep.prepare([str(fixtures / "text")], other, "bpe", 300, 1, False)
+    prep.prepare([str(fixtures / "text")], other, "bpe", 300, 1, progress=False)
     with pytest.raises(TokenizerFileError, match="is not the tokenizer") as error:
         CausalLMData(corpus=str(prepared), tokenizer_path=str(other / "tokenizer.json")).setup()
     assert len(str(error.value).splitlines()) == 1
@@ -289,10 +299,10 @@ def test_mixing_gives_each_corpus_its_weighted_share(sizes, data):
 
 def test_mix_and_token_count_epochs_in_the_data_module(tmp_path, fixtures):
     a = tmp_path / "a"
-    prep.prepare([str(fixtures / "text")], a, "word", None, 1, False)
+    prep.prepare([str(fixtures / "text")], a, "word", None, 1, progress=False)
     b = tmp_path / "b"
     prep.prepare(
-        [str(fixtures / "text" / "train.txt")], b, str(a / "tokenizer.json"), None, 1, False
+        [str(fixtures / "text" / "train.txt")], b, str(a / "tokenizer.json"), progress=False
     )
     mixed = CausalLMData(
         corpus=[str(a), str(b)], weights=[3, 1], epoch_tokens=16 * 40, seq_len=16, batch_size=4
@@ -302,7 +312,7 @@ def test_mix_and_token_count_epochs_in_the_data_module(tmp_path, fixtures):
     one = CausalLMData(corpus=str(a), epoch_tokens=16 * 100, seq_len=16)
     assert len(one.datasets["train"]) == 100  # longer than the corpus: it cycles
     other = tmp_path / "other"
-    prep.prepare([str(fixtures / "text")], other, "bpe", 300, 1, False)
+    prep.prepare([str(fixtures / "text")], other, "bpe", 300, 1, progress=False)
     with pytest.raises(Exception, match="another tokenizer"):
         CausalLMData(corpus=[str(a), str(other)]).setup()
 

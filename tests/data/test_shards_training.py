@@ -27,7 +27,7 @@ LIMIT = BLOCKS * 16 + 1
 
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
-    prepare([str(ROOT / "tests/fixtures/data/text")], tmp_path / "shards", "word", None, 1, None)
+    prepare([str(ROOT / "tests/fixtures/data/text")], tmp_path / "shards", "word", progress=False)
     return tmp_path / "shards"
 
 
