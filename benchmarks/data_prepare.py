@@ -2,9 +2,9 @@
 
 1. Writes a synthetic corpus of Zipf-distributed words (a 50k-word vocabulary of made-up words,
    exponent 1.1; line lengths log-normal around 20 words, like running English), then runs
-   ``python -m lit_unitscale prepare`` on it in a subprocess and reports MB/s, tokens/s and the
-   peak RSS of its whole process tree (sampled every 0.1 s), at two sizes: memory must not grow
-   with the corpus.
+   ``python -m lit_unitscale prepare`` on it in a subprocess and reports MB/s, tokens/s, CPU
+   seconds and the peak memory of its whole process tree (PSS summed, sampled every 0.1 s) and
+   the largest single process's peak RSS, at two sizes: memory must not grow with the corpus.
 2. Streams the training split as a recipe does (CausalLMData, shuffled blocks of 128 tokens,
    batches of 32) and compares the loader's tokens/s with what one training step of the
    ptb-small decoder (recipes/decoder/ptb-small.yaml) consumes per second on this machine.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -60,7 +61,10 @@ def zipf_corpus(path: Path, target_bytes: int, seed: int = 0) -> int:
     return written
 
 
-def tree_rss(pid: int) -> int:
+def tree_memory(pid: int) -> int:
+    """Memory of a process and its descendants: the sum of their PSS (shared pages split among
+    the processes sharing them; forked workers share the parent's libraries), which is what
+    they take from the machine together. RSS summed would count those pages once per worker."""
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
@@ -69,8 +73,8 @@ def tree_rss(pid: int) -> int:
     total = 0
     for proc in procs:
         try:
-            total += proc.memory_info().rss
-        except psutil.NoSuchProcess:
+            total += proc.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return total
 
@@ -78,13 +82,16 @@ def tree_rss(pid: int) -> int:
 def prepare_run(corpus: Path, out: Path, tokenizer: str, workers: int) -> dict:
     command = [sys.executable, "-m", "lit_unitscale", "prepare", "--input", str(corpus)]
     command += ["--out", str(out), "--tokenizer", tokenizer, "--workers", str(workers)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     peak = 0
     while proc.poll() is None:
-        peak = max(peak, tree_rss(proc.pid))
+        peak = max(peak, tree_memory(proc.pid))
         time.sleep(0.1)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = sum(getattr(after, f) - getattr(before, f) for f in ("ru_utime", "ru_stime"))
     if proc.returncode != 0:
         raise SystemExit(f"prepare failed with exit code {proc.returncode}")
     from lit_unitscale.data.shards import read_manifest
@@ -98,7 +105,11 @@ def prepare_run(corpus: Path, out: Path, tokenizer: str, workers: int) -> dict:
         "mb_per_s": round(size / 1e6 / seconds, 2),
         "tokens": tokens,
         "tokens_per_s": round(tokens / seconds),
-        "peak_rss_mb": round(peak / 1e6),
+        "cpu_s": round(cpu, 1),
+        "mb_per_cpu_s": round(size / 1e6 / cpu, 2),
+        "peak_memory_mb": round(peak / 1e6),
+        "peak_rss_single_process_mb": round(after.ru_maxrss / 1e3),
+        "load_average": round(os.getloadavg()[0], 1),
         "shard_mb": round(sum(f.stat().st_size for f in out.rglob("*.bin")) / 1e6, 1),
     }
 
