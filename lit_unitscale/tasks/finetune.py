@@ -129,7 +129,16 @@ def merge_encoder_config(
 
 class EncoderTask(UnitScaledTask):
     """An encoder task that can start from a masked-LM checkpoint (sequence and token
-    classification). Without ``pretrained`` it trains from scratch."""
+    classification). Without ``pretrained`` it trains from scratch.
+
+    Args:
+        pretrained: a masked-LM run's checkpoint (a file, FSDP2 or DeepSpeed folder) or native
+            export folder (config.json + model.safetensors) to initialise the encoder from; its
+            config fixes the encoder's architecture.
+        freeze_encoder: train only the head; the encoder's weights stay fixed.
+        encoder_lr_mult: multiplier on the encoder's learning rates (on top of the u-μP
+            per-parameter multipliers); e.g. 0.1 to fine-tune it gently.
+    """
 
     def __init__(
         self,
@@ -139,15 +148,6 @@ class EncoderTask(UnitScaledTask):
         encoder_lr_mult: float = 1.0,
         **kwargs: Any,
     ) -> None:
-        """
-        Args:
-            pretrained: a masked-LM run's checkpoint (.ckpt) or export folder (config.json +
-                model.safetensors) to initialise the encoder from; its config fixes the
-                encoder's architecture.
-            freeze_encoder: train only the head; the encoder's weights stay fixed.
-            encoder_lr_mult: multiplier on the encoder's learning rates (on top of the u-μP
-                per-parameter multipliers); e.g. 0.1 to fine-tune it gently.
-        """
         super().__init__(*args, **kwargs)
         if encoder_lr_mult <= 0:
             raise RecipeError(f"encoder_lr_mult must be > 0, got {encoder_lr_mult}")

@@ -28,6 +28,14 @@ class Seq2Seq(WritesPredictions, UnitScaledTask):
     Batches: ``{"input_ids", "attention_mask", "decoder_input_ids", "labels"}`` and optionally
     ``"ref_index"``; the data module is a :class:`~lit_unitscale.tasks.task_data.Seq2SeqData`
     (``bos_id``, ``eos_id``, ``pad_id``), whose ids the checkpoints carry too.
+
+    Args:
+        max_decode_len: most target tokens decoded per sequence (``<eos>`` included); also
+            the width every decoding step runs at, so keep it near the training targets'
+            padded length.
+        beam_size: beams for ``predict`` and ``test``.
+        eval_beam_size: beams for validation (1: greedy, the fastest).
+        length_penalty: exponent of the length normalisation of finished beams (0: none).
     """
 
     architecture = "Seq2SeqLM"
@@ -43,15 +51,6 @@ class Seq2Seq(WritesPredictions, UnitScaledTask):
         length_penalty: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        """
-        Args:
-            max_decode_len: most target tokens decoded per sequence (``<eos>`` included); also
-                the width every decoding step runs at, so keep it near the training targets'
-                padded length.
-            beam_size: beams for ``predict`` and ``test``.
-            eval_beam_size: beams for validation (1: greedy, the fastest).
-            length_penalty: exponent of the length normalisation of finished beams (0: none).
-        """
         super().__init__(*args, **kwargs)
         if beam_size < 1 or eval_beam_size < 1:
             raise RecipeError("beam sizes must be >= 1")
