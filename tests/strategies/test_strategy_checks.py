@@ -135,9 +135,10 @@ def test_fp8_sim_covers_backward_including_recomputed_forwards() -> None:
     checkpoint_blocks(checkpointed)
     got = run(checkpointed, fp8_backward=True)
     assert all(torch.equal(a, b) for a, b in zip(got, reference, strict=True))
-    assert not all(
-        torch.equal(a, b) for a, b in zip(run(checkpointed, False), reference, strict=True)
-    )
+    # Without it the recomputed forward is not simulated: it takes the fused kernels, whose
+    # saved tensors differ from the simulated forward's, and checkpointing refuses the mix.
+    with pytest.raises(torch.utils.checkpoint.CheckpointError):
+        run(checkpointed, False)
 
 
 def test_fp16_noscale_is_real_fp16_autocast_without_scaler() -> None:
