@@ -16,7 +16,6 @@ import lightning as L
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from lit_unitscale.callbacks import ScaleMonitor  # noqa: E402
-
 from tests.callbacks.tiny import sliced_loader, tiny_task  # noqa: E402
 
 

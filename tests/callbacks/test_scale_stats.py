@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
+
 from lit_unitscale.callbacks.scale_layers import find_layers
 from lit_unitscale.callbacks.scale_stats import fields, summarise, summary_fields, tensor_stats
-
 from lit_unitscale.models import DecoderLM, EncoderMLM, Seq2SeqLM, TransformerConfig
 from lit_unitscale.unit.fp8 import E4M3, E5M2, out_of_range_fractions
 
