@@ -16,6 +16,7 @@ those scale arguments (unit scaling keeps operands in FP8's range without per-te
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -56,14 +57,16 @@ class ScaledLinear(torch.autograd.Function):
         gemm: Gemm,
     ) -> Tensor:
         device = input.device.type
-        if torch.is_autocast_enabled(device):
+        # Autocast exists for real devices only; the meta device (shape checks) has none.
+        autocast = device != "meta" and torch.is_autocast_enabled(device)
+        if autocast:
             # As autocast runs F.linear: operands cast to its dtype, and those copies saved,
             # so the backward GEMMs (run outside autocast) see one dtype.
             dtype = torch.get_autocast_dtype(device)
             input, weight = input.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
         x2 = input.reshape(-1, input.shape[-1])
-        with torch.autocast(device, enabled=False):
+        with torch.autocast(device, enabled=False) if autocast else contextlib.nullcontext():
             if bias is None:
                 out = gemm(x2, weight.t(), output_scale)
             elif gemm is addmm_gemm:

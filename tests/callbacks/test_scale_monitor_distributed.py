@@ -36,7 +36,10 @@ def _assert_same(single: list[dict], other: list[dict]) -> None:
                     if stat == "log2_hist":
                         _assert_same_hist(value, got[stat], exact=a["step"] == 0, where=where)
                         continue
-                    assert got[stat] == pytest.approx(value, rel=1e-5, abs=1e-6), (where, stat)
+                    # Shares of elements beyond a format's range: after an update an element
+                    # that close to the boundary may cross it, at most one in 1,000 (as bins).
+                    share = 1e-6 if a["step"] == 0 or stat == "rms" else 1e-3
+                    assert got[stat] == pytest.approx(value, rel=1e-5, abs=share), (where, stat)
 
 
 def _assert_same_hist(want: dict, got: dict, exact: bool, where: str) -> None:
