@@ -13,6 +13,7 @@ is incomplete.
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import itertools
@@ -22,10 +23,10 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -45,6 +46,7 @@ from .text_tokenizers import (
     train_subword_tokenizer,
 )
 
+T = TypeVar("T")
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 PIECE_BYTES = 8 << 20  # text per unit of work (and per resume step inside a part)
 PART_BYTES = 512 << 20  # text per resumable part
@@ -404,6 +406,36 @@ def _merge(part_dirs: list[Path], target: Path, dtype: str) -> int:
     return sum(int(c["dim"]) for c in merged["chunks"])
 
 
+def keeps_random_state(fn: Callable[..., T]) -> Callable[..., T]:
+    """Run ``fn`` without changing the caller's torch, numpy and Python random states.
+
+    Preparing data on first use happens inside a run, after ``seed_everything`` and before the
+    model is built: a tokenizer trainer or litdata drawing from the global generators would
+    give the process that prepares another initialisation than one that found the cache ready
+    (a 1-process run and a 2-process run of the same recipe would differ).
+
+    Args:
+        fn: the function to wrap.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        import random
+
+        import torch
+
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                return fn(*args, **kwargs)
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+    return wrapper
+
+
+@keeps_random_state
 def prepare(
     inputs: Sequence[str],
     out: str | Path,
