@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+
 from lit_unitscale.strategies.precision import check_precision
 from lit_unitscale.strategies.topology import check_slurm_topology
 
@@ -21,3 +23,19 @@ class CheckedStrategy:
         accelerator = type(self.accelerator).__name__.replace("Accelerator", "").lower()
         check_precision(self.family, self.precision_plugin, accelerator)
         super()._configure_launcher()
+
+    def setup_environment(self) -> None:
+        super().setup_environment()
+        # Lightning destroys the process group at exit only for NCCL. Left to interpreter
+        # finalisation, gloo's worker threads can still hold tensors whose release needs the
+        # GIL, and the process aborts (SIGABRT) after a finished run.
+        atexit.unregister(destroy_process_group_if_initialized)
+        atexit.register(destroy_process_group_if_initialized)
+
+
+def destroy_process_group_if_initialized() -> None:
+    """Destroy the default process group if one is up (safe to call more than once)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

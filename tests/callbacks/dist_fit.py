@@ -24,7 +24,9 @@ def main(mode: str, out: str, accumulate: int = 1) -> None:
     if mode == "single":
         strategy, devices, batch = "auto", 1, 8
     elif mode == "ddp":
-        strategy, devices, batch = "ddp", 2, 4
+        from lit_unitscale.strategies import DDPStrategy
+
+        strategy, devices, batch = DDPStrategy(), 2, 4
     elif mode.startswith("deepspeed"):
         from lit_unitscale.strategies import DeepSpeedStrategy
 
