@@ -16,6 +16,7 @@ import lightning as L
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from lit_unitscale.callbacks import ScaleMonitor  # noqa: E402
+from lit_unitscale.strategies.checks import destroy_process_group_if_initialized  # noqa: E402
 from tests.callbacks.tiny import sliced_loader, tiny_task  # noqa: E402
 
 
@@ -51,6 +52,7 @@ def main(mode: str, out: str, accumulate: int = 1) -> None:
         use_distributed_sampler=False,
     )
     trainer.fit(tiny_task(), sliced_loader(batch_size=batch // accumulate))
+    destroy_process_group_if_initialized()  # Lightning's own strategies leave it to exit
 
 
 if __name__ == "__main__":
