@@ -42,7 +42,7 @@ def measure(kind: str, parametrization: str, width: int, depth: int, batch: int,
         rows = probe_scales(model, lambda m: m.loss(m(ids, ids), ids))
     else:
         rows = probe_scales(model, lambda m: m.loss(m(ids), ids))
-    values = [r.rms for r in rows if not (r.what == "readout" and r.kind == "act") and r.rms > 0]
+    values = [r.rms for r in rows if not (r.op == "readout" and r.kind == "act") and r.rms > 0]
     logs = [math.log2(v) for v in values]
     return {
         "kind": kind,

@@ -108,7 +108,7 @@ def test_hf_export_loads_in_transformers_with_its_tokenizer(trained, tmp_path: P
 
 def test_hf_export_refuses_a_model_kind_it_cannot_map_in_one_line(tmp_path: Path, capsys) -> None:
     pytest.importorskip("transformers")
-    from lit_unitscale.models.heads import EncoderMLM
+    from lit_unitscale.models.architectures import EncoderMLM
 
     config = TransformerConfig(vocab_size=11, d_model=16, n_heads=2)
     checkpoint = tmp_path / "mlm.ckpt"

@@ -1,13 +1,14 @@
 """Transformers built from unit-scaled parts: single-device, no Lightning, no parallelism."""
 
 from lit_unitscale.models.config import ConfigError, TransformerConfig
-from lit_unitscale.models.heads import (
+from lit_unitscale.models.architectures import (
     ARCHITECTURES,
     DecoderLM,
     EncoderMLM,
     Seq2SeqLM,
     SequenceClassifier,
     TokenClassifier,
+    TransformerModel,
 )
 from lit_unitscale.models.io import load, save_pretrained
 from lit_unitscale.models.stack import Block, TransformerStack
@@ -26,6 +27,7 @@ __all__ = [
     "SequenceClassifier",
     "TokenClassifier",
     "TransformerConfig",
+    "TransformerModel",
     "TransformerStack",
     "load",
     "save_pretrained",

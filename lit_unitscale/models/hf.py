@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_unitscale.models.config import ConfigError
-from lit_unitscale.models.heads import DecoderLM
+from lit_unitscale.models.architectures import DecoderLM
 from lit_unitscale.models.stack import Block, TransformerStack
 
 __all__ = ["HFExportError", "hf_architecture", "fold_for_hf", "save_hf"]

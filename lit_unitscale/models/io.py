@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from lit_unitscale.models.config import ConfigError, TransformerConfig
-from lit_unitscale.models.heads import ARCHITECTURES
+from lit_unitscale.models.architectures import ARCHITECTURES
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

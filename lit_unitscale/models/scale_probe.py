@@ -17,14 +17,16 @@ PROBED = (Linear, Attention, MLP, Block, TokenEmbedding)
 
 @dataclass
 class Row:
+    """One measured tensor of :func:`probe_scales`."""
+
     name: str  # module or parameter name
-    what: str  # "readout", "q_proj", "up_proj", "attn", "block", "linear", "mlp", "embed"
+    op: str  # "readout", "q_proj", "up_proj", "attn", "block", "linear", "mlp", "embed"
     kind: str  # "act", "act_grad" or "<role>_grad"
     rms: float
     layer: int | None
 
 
-def _what(name: str, module: nn.Module) -> str:
+def _op(name: str, module: nn.Module) -> str:
     if isinstance(module, LinearReadout):
         return "readout"
     if isinstance(module, Attention):
@@ -84,17 +86,17 @@ def probe_scales(model: nn.Module, run) -> list[Row]:
     ops do."""
     rows: list[Row] = []
     handles = []
-    whats = {}
+    ops = {}
     unfold = folded_multipliers(model)
 
-    def hook(name: str, what: str):
+    def hook(name: str, op: str):
         def fwd(_m, _inp, out):
             value, grad = unfold.get(name, (1.0, 1.0))
-            rows.append(Row(name, what, "act", rms(out) / abs(value), _layer(name)))
+            rows.append(Row(name, op, "act", rms(out) / abs(value), _layer(name)))
             if out.requires_grad:
                 out.register_hook(
                     lambda g: rows.append(
-                        Row(name, what, "act_grad", rms(g) / abs(grad), _layer(name))
+                        Row(name, op, "act_grad", rms(g) / abs(grad), _layer(name))
                     )
                 )
 
@@ -102,8 +104,8 @@ def probe_scales(model: nn.Module, run) -> list[Row]:
 
     for name, module in model.named_modules():
         if isinstance(module, PROBED):
-            whats[name] = _what(name, module)
-            handles.append(module.register_forward_hook(hook(name, whats[name])))
+            ops[name] = _op(name, module)
+            handles.append(module.register_forward_hook(hook(name, ops[name])))
     loss = run(model)
     loss.backward()
     for h in handles:
@@ -111,8 +113,8 @@ def probe_scales(model: nn.Module, run) -> list[Row]:
     for name, param, spec in named_param_specs(model):
         if param.grad is not None:
             module_name = name.rsplit(".", 1)[0]
-            what = whats.get(module_name, "param")
-            rows.append(Row(name, what, f"{spec.role}_grad", rms(param.grad), _layer(name)))
+            op = ops.get(module_name, "param")
+            rows.append(Row(name, op, f"{spec.role}_grad", rms(param.grad), _layer(name)))
     return rows
 
 

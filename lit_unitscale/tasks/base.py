@@ -105,7 +105,7 @@ class UnitScaledTask(L.LightningModule):
         else:
             clip_gradients(self.parameters(), gradient_clip_val, rule)
 
-    def replicate(self, **overrides: Any) -> UnitScaledTask:
+    def untrained_copy(self, **overrides: Any) -> UnitScaledTask:
         """A fresh, untrained task of the same class and hyperparameters, with ``overrides``
         (e.g. another ``model`` config or ``lr``): what sweeps and coordinate checks train.
 
@@ -115,6 +115,8 @@ class UnitScaledTask(L.LightningModule):
         # LightningCLI records private keys such as _class_path beside the real arguments.
         kwargs = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
         return type(self)(**{**kwargs, **overrides})
+
+    replicate = untrained_copy  # former name, kept for one release
 
     @property
     def datamodule(self) -> TaskData | None:

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lit_unitscale.models import TransformerConfig
-from lit_unitscale.models.heads import ARCHITECTURES, DecoderLM
+from lit_unitscale.models.architectures import ARCHITECTURES, DecoderLM
 from lit_unitscale.models.hf import HFExportError, hf_architecture, save_hf
 
 transformers = pytest.importorskip("transformers")

@@ -54,16 +54,16 @@ def run_model(arch: str, parametrization: str, positions: str = "rope") -> list[
 
 def allowed_range(row: Row) -> tuple[float, float]:
     """The RMS interval u-μP promises at init for this tensor of the causal decoder (RoPE)."""
-    if row.what == "readout" and row.kind == "act":
+    if row.op == "readout" and row.kind == "act":
         return 0.75 * D**-0.5, 1.25 * D**-0.5
-    if row.what == "q_proj" and row.kind != "act":
+    if row.op == "q_proj" and row.kind != "act":
         return 0.005, 2.0
     if row.name.endswith("relative.weight"):
         return 0.05, 2.0  # a bias on near-uniform attention logits, like the q gradients
-    if row.what == "up_proj" and row.kind != "act":
+    if row.op == "up_proj" and row.kind != "act":
         return 0.5 * FFN**-0.5, 2.0
     correlated = row.layer is not None and row.layer > 0
-    if correlated and row.what in ("attn", "attn_out_proj") and row.kind in ("act", "weight_grad"):
+    if correlated and row.op in ("attn", "attn_out_proj") and row.kind in ("act", "weight_grad"):
         return 0.5, math.sqrt(T)
     return 0.5, 2.0
 
@@ -99,11 +99,11 @@ def test_bidirectional_kinds_scale_at_init(arch: str) -> None:
     bad = [(r.name, r.kind, round(r.rms, 3)) for r in rows if not _inside(r, averaging_bound)]
     assert not bad, bad
     # Before any attention has mixed positions, the forward pass keeps the strict promise.
-    first = [r for r in rows if r.kind == "act" and (r.what == "embed" or r.layer == 0)]
+    first = [r for r in rows if r.kind == "act" and (r.op == "embed" or r.layer == 0)]
     first = [
         r
         for r in first
-        if ".cross" not in r.name and r.what not in ("attn", "attn_out_proj", "block")
+        if ".cross" not in r.name and r.op not in ("attn", "attn_out_proj", "block")
     ]
     assert len(first) >= 4 and all(_inside(r) for r in first), first
     params = [r for r in rows if r.kind not in ("act", "act_grad") and r.layer is None]
@@ -113,7 +113,7 @@ def test_bidirectional_kinds_scale_at_init(arch: str) -> None:
 @pytest.mark.parametrize("positions", ["sinusoidal", "learned", "relative", "none"])
 def test_positions_keep_unit_scale(positions: str) -> None:
     rows = run_model("DecoderLM", "umup", positions)
-    embed = [r.rms for r in rows if r.what == "embed" and r.kind == "act"]
+    embed = [r.rms for r in rows if r.op == "embed" and r.kind == "act"]
     assert embed and 0.8 <= embed[0] <= 1.25, embed
     assert all(_inside(r, averaging_bound) for r in rows)
     tables = [r for r in rows if r.kind in ("embedding_grad", "bias_grad")]

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lit_unitscale.models import TransformerConfig
-from lit_unitscale.models.heads import DecoderLM
+from lit_unitscale.models.architectures import DecoderLM
 from lit_unitscale.unit.clipping import (
     clip_gradients,
     equivalent_norm,
