@@ -1,6 +1,5 @@
 """Transformers built from unit-scaled parts: single-device, no Lightning, no parallelism."""
 
-from lit_unitscale.models.config import ConfigError, TransformerConfig
 from lit_unitscale.models.architectures import (
     ARCHITECTURES,
     DecoderLM,
@@ -10,6 +9,7 @@ from lit_unitscale.models.architectures import (
     TokenClassifier,
     TransformerModel,
 )
+from lit_unitscale.models.config import ConfigError, TransformerConfig
 from lit_unitscale.models.io import load, save_pretrained
 from lit_unitscale.models.stack import Block, TransformerStack
 from lit_unitscale.models.transformer import Decoder, Encoder, EncoderDecoder

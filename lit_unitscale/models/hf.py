@@ -41,8 +41,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lit_unitscale.models.config import ConfigError
 from lit_unitscale.models.architectures import DecoderLM
+from lit_unitscale.models.config import ConfigError
 from lit_unitscale.models.stack import Block, TransformerStack
 
 __all__ = ["HFExportError", "hf_architecture", "fold_for_hf", "save_hf"]

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lit_unitscale.models.config import ConfigError, TransformerConfig
 from lit_unitscale.models.architectures import ARCHITECTURES
+from lit_unitscale.models.config import ConfigError, TransformerConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
