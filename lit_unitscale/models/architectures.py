@@ -56,7 +56,13 @@ class TransformerModel(UnitModule):
 
 
 class OutputProjection(UnitModule):
-    """Output projection, optionally tied to an embedding table."""
+    """Output projection, optionally tied to an embedding table.
+
+    Args:
+        config: the architecture.
+        out_features: logits per position (vocabulary size or classes).
+        tied: an embedding module whose table is read out instead of an own weight.
+    """
 
     monitor_role = "head"
 

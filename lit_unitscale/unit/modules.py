@@ -41,6 +41,9 @@ class UnitModule(nn.Module):
 
     ``monitor_role`` says what a monitor should call the module (one of :data:`MONITOR_ROLES`,
     or None): models set it, callbacks read it, so neither needs the other's class names.
+
+    Args:
+        parametrization: ``umup`` (unit-scaled ops) or ``sp`` (their plain twins).
     """
 
     monitor_role: str | None = None
