@@ -3,6 +3,7 @@ commonest mistakes name the file, line and key instead of the parser's internals
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,26 @@ def check_subcommand(argv: Sequence[str], known: Iterable[str]) -> None:
         )
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """The safe loader reading ``1e-3`` as a number, as YAML 1.2, OmegaConf and the CLI do
+    (PyYAML's YAML 1.1 rules read it as a string)."""
+
+
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
 def load_recipe(path: str | Path) -> dict[str, Any]:
     """Parse one recipe file with the safe YAML loader (no Python object tags).
 
@@ -61,11 +82,16 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         path: the recipe file.
     """
     path = Path(path)
-    if not path.is_file():
-        hint = did_you_mean(path.name, [p.name for p in path.parent.glob("*.y*ml")])
-        raise RecipeError(f"recipe {path}: file not found{hint}")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
+    except FileNotFoundError:
+        hint = did_you_mean(path.name, [p.name for p in path.parent.glob("*.y*ml")])
+        raise RecipeError(f"recipe {path}: file not found{hint}") from None
+    except (OSError, ValueError) as error:  # a folder, no permission, not UTF-8, a NUL in the name
+        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+        raise RecipeError(f"recipe {path}: cannot read it ({reason})") from None
+    try:
+        data = yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 (a safe loader)
     except yaml.constructor.ConstructorError as error:
         line = error.problem_mark.line + 1 if error.problem_mark else "?"
         tag = (error.problem or "").split("tag '")[-1].rstrip("'")
@@ -83,6 +109,20 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RecipeError(f"recipe {path}: expected a mapping of keys, got {type(data).__name__}")
     return data
+
+
+def load_recipes(paths: Iterable[str | Path]) -> dict[str, Any]:
+    """Read recipe files into one mapping, later files overriding earlier ones key by key, as
+    ``fit --config a.yaml --config b.yaml`` combines them. ``${...}`` interpolations are kept as
+    written (``OmegaConf.create`` of the result resolves them).
+
+    Args:
+        paths: the recipe files, in merge order.
+    """
+    merged: dict[str, Any] = {}
+    for path in paths:
+        merged = merge(merged, load_recipe(path))
+    return merged
 
 
 def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
@@ -126,9 +166,7 @@ def check_command_line(argv: Sequence[str]) -> tuple[list[Path], dict[str, Any]]
         argv: command-line arguments after the subcommand.
     """
     files = [Path(p) for p in option_values(argv, "--config", "-c")]
-    merged: dict[str, Any] = {}
-    for path in files:
-        merged = merge(merged, load_recipe(path))
+    merged = load_recipes(files)
     for ckpt in option_values(argv, "--ckpt_path"):
         if ckpt not in _CKPT_KEYWORDS and ckpt != "null":
             check_checkpoint_file(ckpt)

@@ -9,7 +9,6 @@ The job script comes from ``lit_unitscale/tools/train.sbatch`` (shipped in the p
 
 from __future__ import annotations
 
-import argparse
 import re
 import shlex
 import shutil
@@ -20,10 +19,14 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from jsonargparse import ArgumentParser, Namespace
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lit_unitscale.errors import ToolError
+from lit_unitscale.cli.recipe_check import load_recipe as load_recipe_file
+from lit_unitscale.cli.recipe_check import load_recipes
+from lit_unitscale.errors import LitUnitscaleError, ToolError
+from lit_unitscale.tools.arguments import parse_arguments, subcommand_parser, tool_parser
 
 DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "train.sbatch"  # package data
 EXIT_USAGE = 2
@@ -160,23 +163,13 @@ class JobSpec:
 
 
 def load_recipe(paths: list[str]) -> DictConfig:
-    """Merge the recipe files in order, as ``fit --config a --config b`` does.
+    """The recipe files merged in order, as ``fit --config a --config b`` does, as an OmegaConf
+    config whose ``${...}`` interpolations resolve when read.
 
     Args:
         paths: YAML files, later ones overriding earlier ones.
     """
-    merged = OmegaConf.create({})
-    for path in paths:
-        if not is_file(path):
-            raise SlurmError(f"--config {shown(path)}: recipe not found")
-        try:
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        except (OmegaConfBaseException, OSError, ValueError) as error:
-            first_line = str(error).strip().splitlines()[0]
-            raise SlurmError(f"cannot read recipe {path}: {first_line}") from None
-    if not isinstance(merged, DictConfig):
-        raise SlurmError(f"recipe is not a mapping: {' + '.join(paths)}")
-    return merged
+    return OmegaConf.create(load_recipes(paths))
 
 
 def recipe_value(paths: list[str], merged: DictConfig, key: str) -> tuple[Any, str | None]:
@@ -189,7 +182,7 @@ def recipe_value(paths: list[str], merged: DictConfig, key: str) -> tuple[Any, s
     """
     source = None
     for path in paths:
-        node: Any = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        node: Any = load_recipe_file(path)
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
         if node is not None:
@@ -349,42 +342,32 @@ def _default_venv() -> Path | None:
     return None
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line naming the option, not the usage text."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        """Print ``slurm: <message>`` and exit 2.
-
-        Args:
-            message: argparse's explanation, e.g. ``argument --nodes: invalid int value: 'x'``.
-        """
-        print(f"slurm: {shown(message)} (see --help)", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> ArgumentParser:
     """The ``slurm`` tool's argument parser (subcommands ``submit`` and ``render``)."""
-    parser = OneLineParser(
-        prog="python -m lit_unitscale slurm",
-        description="Render or submit an sbatch job that runs `lit_unitscale fit` on a recipe. "
+    parser = tool_parser(
+        "slurm",
+        "Render or submit an sbatch job that runs `lit_unitscale fit` on a recipe. "
         "Arguments after `--` are passed to fit.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{submit,render}")
+    commands = parser.add_subcommands(required=True, dest="command")
     for name, help_text in (
         ("submit", "write the job script to --output-dir and submit it with sbatch"),
         ("render", "print the job script and submit nothing (= submit --dry-run)"),
     ):
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub = subcommand_parser(help_text)
         _add_options(sub)
+        commands.add_subcommand(name, sub, help=help_text)
     return parser
 
 
-def _add_options(parser: argparse.ArgumentParser) -> None:
+def _add_options(parser: ArgumentParser) -> None:
     """Add the job options shared by ``submit`` and ``render``.
 
     Args:
         parser: the subcommand's parser.
     """
+    # Text options are type=str, never str | None: jsonargparse would read "null" or "~" as
+    # None, and a partition or job name must reach the checks as typed.
     parser.add_argument(
         "--config",
         action="append",
@@ -392,35 +375,38 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
         metavar="YAML",
         help="recipe file passed to fit; repeat to merge several, in order",
     )
-    parser.add_argument("--nodes", type=int, default=1, help="number of nodes (default: 1)")
+    parser.add_argument("--nodes", type=int, default=1, help="number of nodes")
     parser.add_argument(
         "--gpus-per-node",
         type=int,
         default=1,
         metavar="N",
         help="devices per node = SLURM tasks per node = trainer.devices; with "
-        "--accelerator cpu the number of processes per node (default: 1)",
+        "--accelerator cpu the number of processes per node",
     )
     parser.add_argument(
         "--accelerator",
+        type=str,
         choices=("gpu", "cpu"),
         default="gpu",
-        help="gpu requests --gpus-per-node; cpu runs CPU processes, for tests (default: gpu)",
+        help="gpu requests --gpus-per-node; cpu runs CPU processes, for tests",
     )
     parser.add_argument(
-        "--cpus-per-task", type=int, default=4, metavar="N", help="CPU cores per task (default: 4)"
+        "--cpus-per-task", type=int, default=4, metavar="N", help="CPU cores per task"
     )
-    parser.add_argument("--partition", help="SLURM partition (default: the cluster's default)")
+    parser.add_argument(
+        "--partition", type=str, help="SLURM partition (default: the cluster's default)"
+    )
     parser.add_argument(
         "--time",
+        type=str,
         default="01:00:00",
         help="wall-clock limit, e.g. 12:00:00 or 1-00:00:00; 90 s before it every rank saves "
-        "last.ckpt and stops, then the job is requeued and later resumes from that checkpoint "
-        "(default: 01:00:00)",
+        "last.ckpt and stops, then the job is requeued and later resumes from that checkpoint",
     )
-    parser.add_argument("--account", help="SLURM account to charge (default: your default)")
+    parser.add_argument("--account", type=str, help="SLURM account to charge (default: yours)")
     parser.add_argument(
-        "--job-name", help="SLURM job name (default: the name of the last --config file)"
+        "--job-name", type=str, help="SLURM job name (default: the name of the last --config file)"
     )
     parser.add_argument(
         "--output-dir",
@@ -431,12 +417,14 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--master-addr",
+        type=str,
         metavar="HOST",
         help="rendezvous address; default: the first node of the allocation. Set it to "
         "127.0.0.1 when the nodes are on one host and their names do not resolve",
     )
     parser.add_argument(
         "--venv",
+        type=str,
         metavar="DIR",
         help="virtual environment to activate in the job; '' for none "
         "(default: the environment running this command)",
@@ -453,7 +441,7 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def make_spec(args: argparse.Namespace, extra_args: list[str]) -> JobSpec:
+def make_spec(args: Namespace, extra_args: list[str]) -> JobSpec:
     """Validate the options against the recipe and build the job.
 
     Args:
@@ -466,6 +454,8 @@ def make_spec(args: argparse.Namespace, extra_args: list[str]) -> JobSpec:
         )
     for path in args.config:
         check_printable("--config", path)
+        if not is_file(path):
+            raise SlurmError(f"--config {shown(path)}: recipe not found")
     for arg in extra_args:
         check_printable("argument after --", arg)
     merged = load_recipe(args.config)
@@ -525,18 +515,23 @@ def main(argv: list[str]) -> int:
     if "--" in argv:
         split = argv.index("--")
         argv, extra_args = argv[:split], argv[split + 1 :]
-    args = build_parser().parse_args(argv)
+    try:
+        parsed = parse_arguments(build_parser(), argv, SlurmError, "slurm")
+    except SlurmError as error:
+        print(error, file=sys.stderr)  # already "slurm: ..., (see --help)", one line
+        return error.exit_code
+    args = parsed[parsed.command]
     try:
         spec = make_spec(args, extra_args)
         script = render(spec, args.template)
-        if args.command == "render" or args.dry_run:
+        if parsed.command == "render" or args.dry_run:
             sys.stdout.write(script)
             return 0
         spec.output_dir.mkdir(parents=True, exist_ok=True)
         script_path = spec.output_dir / f"{spec.job_name}.sbatch"
         script_path.write_text(script)
         job_id = submit(script_path)
-    except SlurmError as error:
+    except LitUnitscaleError as error:  # SlurmError, or a recipe that does not parse
         print(f"slurm: {shown(str(error))}", file=sys.stderr)
         return error.exit_code
     logs = spec.output_dir / f"{spec.job_name}-{job_id}"
