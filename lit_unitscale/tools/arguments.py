@@ -85,9 +85,9 @@ def one_line(parser: ArgumentParser, message: str) -> str:
         # A union lists why each member refused: the first member's reason is the useful one.
         reason = next((d for d in details if d.startswith("Expected")), None)
         given = next((d for d in details if d.startswith("Given value:")), None)
-        text = f"{name}{key.group(2)}: " + "; ".join(
-            d for d in (reason or (details[0] if details else "invalid"), given) if d
-        )
+        text = f"{name}{key.group(2)}: {reason or (details[0] if details else 'invalid')}"
+        if given and "Got value:" not in text:
+            text += f", got {given.removeprefix('Given value:').strip()}"
     else:
         text = lines[0]
         required = re.fullmatch(r"the following arguments are required: (.*)", text)
@@ -103,6 +103,8 @@ def one_line(parser: ArgumentParser, message: str) -> str:
         elif unknown and not unknown.group(0).startswith("argument -"):
             text = f"unknown subcommand {unknown.group(1)}; choose from {unknown.group(2)}"
     text = re.sub(r"Expected an? <class '(?:builtins\.)?([\w.]+)'>", r"expected \1", text)
+    text = text.replace(". Got value: ", ", got ")
+    text = re.sub(r"Expected an? typing\.Literal\[(.*?)\]", r"expected one of \1", text)
     text = re.sub(r"<class '(?:builtins\.)?([\w.]+)'>", r"\1", text)
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 

@@ -30,7 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from jsonargparse import ArgumentParser
+
 from lit_unitscale.errors import LitUnitscaleError
+from lit_unitscale.tools.arguments import parse_arguments, tool_parser
 from lit_unitscale.tools.search import (
     Objective,
     RecipeObjective,
@@ -499,16 +502,13 @@ def _argv_of(config: list[str], out: Path) -> list[str]:
     return [a for c in config for a in ("--config", c)] + ["--out", str(out)]
 
 
-def build_parser():
+def build_parser() -> ArgumentParser:
     """The ``tune`` command's parser: ``--config`` repeatable, the rest from :func:`tune`."""
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(
-        prog="python -m lit_unitscale tune",
-        description="u-μP tuning on a proxy: LR sweep, then each multiplier and the weight "
+    parser = tool_parser(
+        "tune",
+        "u-μP tuning on a proxy: LR sweep, then each multiplier and the weight "
         "decay around its default, combined and confirmed; writes a tuned overlay and a report. "
         "Lists are written [a, b].",
-        exit_on_error=False,
     )
     parser.add_argument(
         "--config", action="append", required=True, help="target recipe YAML (repeatable)"
@@ -523,14 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     Args:
         argv: the arguments after ``tune``.
     """
-    import argparse
-
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except argparse.ArgumentError as error:
-        first = " ".join(str(error).split("\n")[0:2]).strip()
-        raise TuneError(f"tune: {first} (see --help)") from None
+    args = parse_arguments(build_parser(), argv, TuneError, "tune")
     kwargs = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     kwargs["out"] = Path(kwargs["out"])
     argv = list(sys.argv[1:] if argv is None else argv)
