@@ -29,10 +29,12 @@ from lit_unitscale.unit import fp8
 from lit_unitscale.unit.constraints import Constraint, apply_constraint
 from lit_unitscale.unit.global_batch import weight_grad_scale
 from lit_unitscale.unit.kernels import (
+    MatmulFormat,
     ResidualFork,
     ResidualMerge,
     ScaledEmbedding,
     UnitCrossEntropy,
+    fp8_linear,
     scaled_linear,
 )
 from lit_unitscale.unit.scale import (
@@ -261,6 +263,7 @@ def linear(
     input_mult: float = 1.0,
     output_mult: float = 1.0,
     grad_input_mult: float = 1.0,
+    matmul: MatmulFormat = None,
 ) -> Tensor:
     """Unit-scaled ``input @ weight.T + bias``: one GEMM forward, two backward, each with its
     scale as ``alpha`` (see :func:`lit_unitscale.unit.kernels.scaled_linear`).
@@ -288,6 +291,8 @@ def linear(
         output_mult: a factor on the output value only (a residual branch's weight).
         grad_input_mult: a factor on the input's gradient only (a residual branch's backward
             weight).
+        matmul: ``"fp8"``: real FP8 GEMMs (:data:`lit_unitscale.unit.kernels.FP8`), the
+            scales as ``_scaled_mm``'s scale arguments; None: the working precision.
     """
     fan_out, fan_in = weight.shape
     tokens = tokens or input.numel() // fan_in
@@ -295,6 +300,18 @@ def linear(
         constraint, fan_in ** -scale_power[0], (fan_out // parts) ** -scale_power[1]
     )
     grad_weight_scale = weight_grad_scale(tokens) ** (scale_power[2] / 0.5)
+    if matmul == "fp8":
+        return fp8_linear(
+            input,
+            weight,
+            bias,
+            output_scale,
+            grad_input_scale,
+            grad_weight_scale,
+            input_mult,
+            output_mult,
+            grad_input_mult,
+        )
     if not _composed():
         return scaled_linear(
             input,

@@ -18,9 +18,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
+
+from lit_unitscale.unit.fp8 import E4M3, E5M2, FP8Format
+from lit_unitscale.unit.scale import scale
+
+MatmulFormat = Literal["fp8"] | None
+"""How a linear multiplies: ``"fp8"`` (real FP8 GEMMs) or None (the working precision)."""
 
 Gemm = Callable[[Tensor, Tensor, float], Tensor]
 """``gemm(a, b, alpha)`` returns ``alpha * (a @ b)`` for 2-D ``a`` and ``b``, in one kernel."""
@@ -37,6 +45,79 @@ def addmm_gemm(a: Tensor, b: Tensor, alpha: float) -> Tensor:
     if alpha == 1.0:
         return torch.mm(a, b)
     return torch.addmm(a.new_empty(()), a, b, beta=0, alpha=alpha)
+
+
+@dataclass(frozen=True)
+class FP8Gemm:
+    """Real FP8 matmuls: operands cast to FP8 with a static scale of 1 and multiplied by
+    ``torch._scaled_mm`` with fp32 accumulation, the op's scale as its ``scale_a``.
+
+    The static scale is 1 because unit scaling keeps every operand of a hidden linear at RMS
+    ~1 (u-μP's weights are N(0, 1), its activations and gradients unit-scaled by design), where
+    E4M3's normal range is [2**-6, 448] and E5M2's [2**-14, 57344]: no amax, no scale history,
+    no collective. The casts are the simulation's (:func:`lit_unitscale.unit.fp8.quantise`):
+    round to nearest even, saturating at the format's largest value (E4M3 has no infinity;
+    E5M2 would overflow to inf, so it saturates too). NaN and inf stay NaN and ±max or NaN, so
+    a non-finite step still reaches the NaN guard through the loss.
+
+    Args:
+        forward_format: format of the input and weight (E4M3).
+        grad_format: format of the output's gradient (E5M2).
+        align: lay out and pad operands as CUDA's FP8 GEMMs need (None: on CUDA, and on the
+            meta device, whose shape checks are CUDA's).
+    """
+
+    forward_format: FP8Format = E4M3
+    grad_format: FP8Format = E5M2
+    align: bool | None = None
+
+    @staticmethod
+    def cast(t: Tensor, fmt: FP8Format) -> Tensor:
+        """``t`` in ``fmt``'s dtype, saturated at its largest finite value.
+
+        Args:
+            t: tensor of any float dtype.
+            fmt: the FP8 format.
+        """
+        return t.clamp(-fmt.max_value, fmt.max_value).to(fmt.dtype)
+
+    def mm(self, a8: Tensor, b8: Tensor, alpha: float, out_dtype: torch.dtype) -> Tensor:
+        """``alpha * (a8 @ b8)`` in one ``_scaled_mm`` with fp32 accumulation.
+
+        CUDA's FP8 GEMMs take the left operand row-major, the right one column-major and
+        every dimension a multiple of 16: operands are laid out and zero-padded to suit
+        (zeros add nothing to a dot product), and the result is cut back.
+
+        Args:
+            a8: ``(m, k)`` FP8 operand.
+            b8: ``(k, n)`` FP8 operand.
+            alpha: scale of the product (``scale_a``; ``scale_b`` is 1).
+            out_dtype: dtype of the result.
+        """
+        m, n = a8.shape[0], b8.shape[1]
+        if self.align or (self.align is None and a8.device.type in ("cuda", "meta")):
+            a8, b8 = _pad_to_16(a8.contiguous()), _pad_to_16(b8.t().contiguous()).t()
+        one = torch.ones((), device=a8.device, dtype=torch.float32)
+        out = torch._scaled_mm(
+            a8,
+            b8,
+            scale_a=torch.full((), alpha, device=a8.device, dtype=torch.float32),
+            scale_b=one,
+            out_dtype=out_dtype,
+        )
+        return out[:m, :n] if out.shape != (m, n) else out
+
+
+FP8 = FP8Gemm()
+"""The real-FP8 GEMM of hidden linears: E4M3 forward, E5M2 gradients, static scale 1."""
+
+
+def _pad_to_16(t: Tensor) -> Tensor:
+    rows, cols = (-t.shape[0]) % 16, (-t.shape[1]) % 16
+    if not rows and not cols:
+        return t
+    # Padding in a wide dtype: not every FP8 dtype has a pad kernel.
+    return torch.nn.functional.pad(t.float(), (0, cols, 0, rows)).to(t.dtype)
 
 
 class ScaledLinear(torch.autograd.Function):
@@ -66,6 +147,10 @@ class ScaledLinear(torch.autograd.Function):
             input, weight = input.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
         x2 = input.reshape(-1, input.shape[-1])
+        ctx.scales = grad_input_scale, grad_weight_scale, grad_bias_scale
+        ctx.gemm, ctx.has_bias, ctx.in_shape = gemm, bias is not None, input.shape
+        if isinstance(gemm, FP8Gemm):
+            return _fp8_forward(ctx, x2, weight, bias, input.shape, output_scale, bias_scale, gemm)
         with torch.autocast(device, enabled=False) if autocast else contextlib.nullcontext():
             if bias is None:
                 out = gemm(x2, weight.t(), output_scale)
@@ -74,8 +159,6 @@ class ScaledLinear(torch.autograd.Function):
             else:
                 out = gemm(x2, weight.t(), output_scale).add_(bias, alpha=bias_scale)
         ctx.save_for_backward(x2, weight)
-        ctx.scales = grad_input_scale, grad_weight_scale, grad_bias_scale
-        ctx.gemm, ctx.has_bias, ctx.in_shape = gemm, bias is not None, input.shape
         return out.view(*input.shape[:-1], weight.shape[0])
 
     @staticmethod
@@ -84,16 +167,47 @@ class ScaledLinear(torch.autograd.Function):
         grad_input_scale, grad_weight_scale, grad_bias_scale = ctx.scales
         g2 = grad.reshape(-1, grad.shape[-1])
         grad_input = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_input = ctx.gemm(g2, weight, grad_input_scale).view(ctx.in_shape)
-        if ctx.needs_input_grad[1]:
-            grad_weight = ctx.gemm(g2.t(), x2, grad_weight_scale)
+        if isinstance(ctx.gemm, FP8Gemm):
+            # The FP8 casts were saved, not the wide tensors; the gradient is cast once.
+            g8 = ctx.gemm.cast(g2, ctx.gemm.grad_format)
+            if ctx.needs_input_grad[0]:
+                grad_input = ctx.gemm.mm(g8, weight, grad_input_scale, ctx.input_dtype)
+                grad_input = grad_input.view(ctx.in_shape)
+            if ctx.needs_input_grad[1]:
+                grad_weight = ctx.gemm.mm(g8.t(), x2, grad_weight_scale, ctx.weight_dtype)
+        else:
+            if ctx.needs_input_grad[0]:
+                grad_input = ctx.gemm(g2, weight, grad_input_scale).view(ctx.in_shape)
+            if ctx.needs_input_grad[1]:
+                grad_weight = ctx.gemm(g2.t(), x2, grad_weight_scale)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             # A bias-sized (fan_out) multiply: the one scale here with no kernel to ride in.
             grad_bias = g2.sum(0)
             if grad_bias_scale != 1.0:
                 grad_bias = grad_bias * grad_bias_scale
         return grad_input, grad_weight, grad_bias, None, None, None, None, None, None
+
+
+def _fp8_forward(
+    ctx,
+    x2: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    in_shape: torch.Size,
+    output_scale: float,
+    bias_scale: float,
+    gemm: FP8Gemm,
+) -> Tensor:
+    # The output keeps the working dtype (autocast's, applied above); accumulation is fp32.
+    dtype = x2.dtype
+    x8 = gemm.cast(x2, gemm.forward_format)
+    w8 = gemm.cast(weight, gemm.forward_format)
+    out = gemm.mm(x8, w8.t(), output_scale, dtype)
+    if bias is not None:
+        out = out.add_(bias.to(dtype), alpha=bias_scale)
+    ctx.save_for_backward(x8, w8)
+    ctx.input_dtype, ctx.weight_dtype = x2.dtype, weight.dtype
+    return out.view(*in_shape[:-1], weight.shape[0])
 
 
 def scaled_linear(
@@ -118,7 +232,8 @@ def scaled_linear(
         grad_weight_scale: factor on the weight's gradient.
         bias_scale: factor on the bias in the output (the GEMM's ``beta``).
         grad_bias_scale: factor on the bias's gradient (a fan_out-sized multiply).
-        gemm: the matmul that carries each scale (:func:`addmm_gemm`; an FP8 GEMM later).
+        gemm: the matmul that carries each scale: :func:`addmm_gemm`, or an :class:`FP8Gemm`
+            for real FP8 (operands cast, the casts saved for backward).
     """
     return ScaledLinear.apply(
         input,
@@ -130,6 +245,49 @@ def scaled_linear(
         float(bias_scale),
         float(grad_bias_scale),
         gemm,
+    )
+
+
+def fp8_linear(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    output_scale: float = 1.0,
+    grad_input_scale: float = 1.0,
+    grad_weight_scale: float = 1.0,
+    input_mult: float = 1.0,
+    output_mult: float = 1.0,
+    grad_input_mult: float = 1.0,
+) -> Tensor:
+    """A linear whose three GEMMs run in real FP8 (:data:`FP8`), with the numbers of the FP8
+    simulation of the same op: the input and weight rounded to E4M3 as the simulation rounds
+    them, the output's gradient to E5M2, every scale an argument of ``_scaled_mm``.
+
+    Args:
+        input: ``(..., fan_in)`` tensor.
+        weight: ``(fan_out, fan_in)`` weight.
+        bias: optional ``(fan_out,)`` bias.
+        output_scale: the op's forward scale.
+        grad_input_scale: the op's grad-input scale.
+        grad_weight_scale: the op's grad-weight scale (also the bias gradient's).
+        input_mult: a neighbour's constant on the input, value and gradient alike.
+        output_mult: a factor on the output value only.
+        grad_input_mult: a factor on the input's gradient only.
+    """
+    if input_mult != 1.0:
+        # The simulation rounds the input after its multiplier, so this casts it after too:
+        # a pass of its own in eager mode, fused into the cast under torch.compile.
+        input = scale(input, fwd=input_mult, bwd=input_mult)
+    return scaled_linear(
+        input,
+        weight,
+        bias,
+        output_scale=output_scale * output_mult,
+        grad_input_scale=grad_input_scale * grad_input_mult,
+        grad_weight_scale=grad_weight_scale,
+        bias_scale=output_mult,
+        grad_bias_scale=grad_weight_scale,
+        gemm=FP8,
     )
 
 

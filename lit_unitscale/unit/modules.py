@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from fnmatch import fnmatch
 from types import ModuleType
 from typing import Literal
 
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_unitscale.unit.constraints import Constraint
+from lit_unitscale.unit.kernels import MatmulFormat
 from lit_unitscale.unit.parametrization import Parametrization, functional_for
 
 Role = Literal["weight", "output", "embedding", "bias", "norm"]
@@ -103,7 +105,13 @@ class Linear(UnitModule):
         constraint: scale constraint between output and input gradient (umup only).
         role: u-μP role of the weight (``"weight"`` for hidden layers, ``"output"`` for readouts).
         parts: equal projections fused into this one (e.g. 2 for SwiGLU's gate and up).
+
+    ``matmul`` says how this layer multiplies (None: the working precision; ``"fp8"``: real
+    FP8 GEMMs). It is an attribute of the module, set by :func:`use_fp8_matmuls`, so it travels
+    with the layer through sharding wrappers and ``torch.compile``.
     """
+
+    matmul: MatmulFormat = None
 
     def __init__(
         self,
@@ -156,11 +164,16 @@ class Linear(UnitModule):
             input_mult=input_mult,
             output_mult=output_mult,
             grad_input_mult=grad_input_mult,
+            matmul=self.matmul,
         )
 
     def extra_repr(self) -> str:
         has_bias = self.bias is not None
-        return f"{self.in_features}, {self.out_features}, bias={has_bias}, {self.parametrization}"
+        fp8 = f", matmul={self.matmul}" if self.matmul else ""
+        return (
+            f"{self.in_features}, {self.out_features}, bias={has_bias}, {self.parametrization}"
+            + fp8
+        )
 
 
 class LinearReadout(Linear):
@@ -195,6 +208,30 @@ class LinearReadout(Linear):
 
     def forward(self, input: Tensor) -> Tensor:
         return self.F.linear_readout(input, self.weight, self.bias, self.constraint)
+
+
+def use_fp8_matmuls(
+    model: nn.Module, exclude: tuple[str, ...] = (), matmul: MatmulFormat = "fp8"
+) -> list[str]:
+    """Make every hidden linear of ``model`` multiply in real FP8; return their names.
+
+    Hidden linears are the :class:`Linear` layers that are not readouts: attention's
+    projections and the MLP's. Embeddings, readouts and attention's own products stay in the
+    working precision (u-μP's "critical" matmuls).
+
+    Args:
+        model: any module tree built from :class:`Linear` layers.
+        exclude: glob patterns of module names to keep in the working precision (e.g.
+            ``"*.layers.0.*"``, ``"*.mlp.down"``).
+        matmul: the format to set (None turns FP8 off again).
+    """
+    chosen = []
+    for name, module in model.named_modules():
+        hidden = isinstance(module, Linear) and not isinstance(module, LinearReadout)
+        if hidden and not any(fnmatch(name, pattern) for pattern in exclude):
+            module.matmul = matmul
+            chosen.append(name)
+    return chosen
 
 
 class Embedding(UnitModule):

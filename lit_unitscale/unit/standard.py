@@ -16,7 +16,7 @@ from torch import Tensor
 from lit_unitscale.unit import fp8
 from lit_unitscale.unit.constraints import Constraint
 from lit_unitscale.unit.functional import fold_causal, residual_taus  # noqa: F401
-from lit_unitscale.unit.kernels import ScaledEmbedding, scaled_linear
+from lit_unitscale.unit.kernels import MatmulFormat, ScaledEmbedding, fp8_linear, scaled_linear
 from lit_unitscale.unit.scale import scale, scale_bwd, scale_fwd  # noqa: F401
 
 
@@ -73,8 +73,19 @@ def linear(
     input_mult: float = 1.0,
     output_mult: float = 1.0,
     grad_input_mult: float = 1.0,
+    matmul: MatmulFormat = None,
 ) -> Tensor:
-    """Plain linear (FP8-simulated when enabled); multipliers, if any, ride in its GEMMs."""
+    """Plain linear (FP8-simulated when enabled, real FP8 with ``matmul="fp8"``, the same
+    no-scale cast as u-μP's); multipliers, if any, ride in its GEMMs."""
+    if matmul == "fp8":
+        return fp8_linear(
+            input,
+            weight,
+            bias,
+            input_mult=input_mult,
+            output_mult=output_mult,
+            grad_input_mult=grad_input_mult,
+        )
     if (input_mult, output_mult, grad_input_mult) != (1.0, 1.0, 1.0) and not fp8.fp8_enabled():
         return scaled_linear(
             input,
@@ -87,7 +98,12 @@ def linear(
         )
     input = scale_bwd(scale(input, fwd=input_mult, bwd=input_mult), grad_input_mult)
     input, weight = fp8.matmul_inputs(input, weight)
-    return scale_fwd(fp8.matmul_output(F.linear(input, weight, bias)), output_mult)
+    if fp8.fp8_enabled() and bias is not None:
+        # The bias is no matmul operand: its gradient is the output's, unrounded (as umup's).
+        out = fp8.matmul_output(F.linear(input, weight)) + bias
+    else:
+        out = fp8.matmul_output(F.linear(input, weight, bias))
+    return scale_fwd(out, output_mult)
 
 
 def linear_readout(

@@ -1,0 +1,149 @@
+"""Real FP8 linears (``matmul="fp8"``): ``torch._scaled_mm`` with static unit scales computes
+what the FP8 simulation computes, saves FP8 casts for backward, and runs three FP8 GEMMs per
+hidden linear in a training step — none for embeddings, readouts or attention's products.
+
+Oracle: the simulation (:func:`lit_unitscale.unit.fp8.fp8_matmuls`), which rounds with
+``quantise`` and multiplies with ``F.linear`` in fp32 — no code shared with the ``_scaled_mm``
+path but the format constants. Both round the same operands and accumulate in fp32, so they
+differ by fp32 summation order only: 1e-6 of the largest value is a bound with ~4x margin over
+what was observed (≤ 2.7e-7)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import lit_unitscale.unit.functional as U
+import lit_unitscale.unit.standard as S
+from lit_unitscale.models import DecoderLM, TransformerConfig
+from lit_unitscale.unit import Linear, LinearReadout, fp8, use_fp8_matmuls
+from lit_unitscale.unit.kernels import FP8Gemm
+
+RTOL = 1e-6
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def _run(ops, real: bool, x, w, b, g, mults):
+    leaves = [t for t in (x, w, b) if t is not None]
+    for t in leaves:
+        t.grad = None
+    if real:
+        y = ops.linear(x, w, b, matmul="fp8", **mults)
+    else:
+        with fp8.fp8_matmuls():
+            y = ops.linear(x, w, b, **mults)
+    y.backward(g)
+    return [y.detach(), *(t.grad.clone() for t in leaves)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lead=st.lists(st.integers(1, 5), min_size=1, max_size=2),
+    fan_in=st.integers(1, 48),
+    fan_out=st.integers(1, 48),
+    bias=st.booleans(),
+    umup=st.booleans(),
+    mults=st.tuples(*[st.sampled_from([1.0, 0.5, 1.7]) for _ in range(3)]),
+    seed=st.integers(0, 2**16),
+)
+def test_real_fp8_linear_equals_the_simulation(lead, fan_in, fan_out, bias, umup, mults, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(*lead, fan_in, generator=gen, requires_grad=True)
+    # SP weights are small (torch's default init scale): the no-scale cast loses them to
+    # FP8's subnormals, which is the point of comparing, and both paths must lose them alike.
+    w = (
+        torch.randn(fan_out, fan_in, generator=gen) * (1.0 if umup else fan_in**-0.5)
+    ).requires_grad_()
+    b = torch.randn(fan_out, generator=gen, requires_grad=True) if bias else None
+    g = torch.randn(*lead, fan_out, generator=gen)
+    names = ("input_mult", "output_mult", "grad_input_mult")
+    ops = U if umup else S
+    real = _run(ops, True, x, w, b, g, dict(zip(names, mults, strict=True)))
+    sim = _run(ops, False, x, w, b, g, dict(zip(names, mults, strict=True)))
+    names = ["output", "grad input", "grad weight", "grad bias"][: len(real)]
+    for got, want, what in zip(real, sim, names, strict=True):
+        assert _relative(got, want) <= RTOL, what
+
+
+@settings(max_examples=15, deadline=None)
+@given(m=st.integers(1, 40), k=st.integers(1, 40), n=st.integers(1, 40), seed=st.integers(0, 999))
+def test_padding_to_cuda_alignment_changes_nothing(m, k, n, seed):
+    gen = torch.Generator().manual_seed(seed)
+    a = FP8Gemm.cast(torch.randn(m, k, generator=gen), fp8.E4M3)
+    b = FP8Gemm.cast(torch.randn(n, k, generator=gen), fp8.E4M3).t()  # column-major, as w.T
+    plain = FP8Gemm(align=False).mm(a, b, 0.25, torch.float32)
+    aligned = FP8Gemm(align=True).mm(a, b, 0.25, torch.float32)
+    assert aligned.shape == (m, n)
+    assert torch.equal(plain, aligned)
+
+
+def test_casts_saturate_and_keep_nan():
+    x = torch.tensor([1e6, -1e6, float("nan"), 3.0])
+    for fmt in (fp8.E4M3, fp8.E5M2):
+        cast = FP8Gemm.cast(x, fmt).float()
+        assert cast[:2].tolist() == [fmt.max_value, -fmt.max_value]
+        assert torch.isnan(cast[2]) and cast[3] == 3.0
+
+
+def test_backward_keeps_fp8_casts_not_the_wide_tensors():
+    saved = []
+
+    def pack(t):
+        saved.append(t.dtype)
+        return t
+
+    x = torch.randn(8, 32, requires_grad=True)
+    layer = Linear(32, 16)
+    layer.matmul = "fp8"
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x).sum().backward()
+    assert saved == [torch.float8_e4m3fn, torch.float8_e4m3fn]
+
+
+def test_runs_on_the_meta_device_with_cuda_shape_rules():
+    # Meta's _scaled_mm checks shapes as CUDA does (dimensions multiples of 16): a width of 24
+    # passes only because operands are padded.
+    x = torch.empty(3, 5, 24, device="meta", requires_grad=True)
+    w = torch.empty(40, 24, device="meta", requires_grad=True)
+    y = U.linear(x, w, None, matmul="fp8")
+    y.sum().backward()
+    assert y.shape == (3, 5, 40) and x.grad.shape == x.shape and w.grad.shape == w.shape
+
+
+class _Count(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("parametrization", ["umup", "sp"])
+@pytest.mark.parametrize("exclude", [(), ("*.layers.0.*",)], ids=["all", "first-block-excluded"])
+def test_training_step_runs_three_fp8_gemms_per_hidden_linear(parametrization, exclude):
+    config = TransformerConfig(
+        vocab_size=97, d_model=32, n_layers=2, n_heads=4, max_seq_len=16,
+        parametrization=parametrization, mlp="gelu", positions="rope",
+    )  # fmt: skip
+    model = DecoderLM(config)
+    chosen = use_fp8_matmuls(model, exclude=exclude)
+    hidden = [n for n, m in model.named_modules() if type(m) is Linear]
+    assert all(isinstance(m, Linear) for m in model.modules() if getattr(m, "matmul", None))
+    assert not any(m.matmul for m in model.modules() if isinstance(m, LinearReadout))
+    expected = [n for n in hidden if not (exclude and ".layers.0." in f".{n}.")]
+    assert sorted(chosen) == sorted(expected) and chosen
+    ids = torch.randint(0, 97, (2, 16))
+    with _Count() as count:
+        model.loss(model(ids), ids).backward()
+    assert count.counts["_scaled_mm"] == 3 * len(chosen)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
