@@ -17,19 +17,23 @@ loads without custom code, with the tokenizer as a ``PreTrainedTokenizerFast``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
+from typing import Literal
+
+from jsonargparse import ArgumentParser
+
+from lit_unitscale.tools.arguments import documented, parse_arguments, tool_parser
 
 EXIT_ERROR = 1
-FORMATS = ("native", "hf")
+Format = Literal["native", "hf"]
 
 
 def export_checkpoint(
     checkpoint: str | Path,
     out_dir: str | Path,
     consolidated: str | Path | None = None,
-    format: str = "native",
+    format: Format = "native",
 ) -> Path:
     """Write the model of a checkpoint in the native or the transformers format.
 
@@ -86,34 +90,36 @@ def _is_tied_alias(model, key: str) -> bool:
     )
 
 
+def build_parser() -> ArgumentParser:
+    """The ``export`` tool's parser; the help is :func:`export_checkpoint`'s."""
+    docs = documented(export_checkpoint)
+    parser = tool_parser(
+        "export",
+        "checkpoint (file, FSDP2 or DeepSpeed folder) -> model.safetensors + config.json "
+        "(+ tokenizer.json), or a transformers model folder (--format hf)",
+    )
+    parser.add_argument("checkpoint", type=Path, help=docs["checkpoint"])
+    parser.add_argument("out_dir", type=Path, help=docs["out_dir"])
+    parser.add_argument("--consolidated", type=Path, default=None, help=docs["consolidated"])
+    parser.add_argument(
+        "--format",
+        type=Format,
+        default="native",
+        help="native: lit_unitscale's safetensors + config (lit_unitscale.models.load); "
+        "hf: a standard transformers model, u-μP constants folded into its weights",
+    )
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m lit_unitscale export``.
 
     Args:
         argv: arguments after ``export``.
     """
-    parser = argparse.ArgumentParser(
-        prog="python -m lit_unitscale export",
-        description="checkpoint (file, FSDP2 or DeepSpeed folder) -> model.safetensors + "
-        "config.json (+ tokenizer.json)",
-    )
-    parser.add_argument("checkpoint", help="checkpoint file or sharded checkpoint folder")
-    parser.add_argument("out_dir", help="folder to write the exported model into")
-    parser.add_argument(
-        "--consolidated",
-        default=None,
-        help="also write the consolidated single-file checkpoint to this path",
-    )
-    parser.add_argument(
-        "--format",
-        choices=FORMATS,
-        default="native",
-        help="native: lit_unitscale's safetensors + config (lit_unitscale.models.load); "
-        "hf: a standard transformers model, u-μP constants folded into its weights",
-    )
-    args = parser.parse_args(argv)
-    from lit_unitscale.errors import LitUnitscaleError
+    from lit_unitscale.errors import LitUnitscaleError, ToolError
 
+    args = parse_arguments(build_parser(), argv, ToolError, "export")
     try:
         out = export_checkpoint(
             args.checkpoint, args.out_dir, args.consolidated, format=args.format

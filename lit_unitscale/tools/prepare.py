@@ -8,10 +8,11 @@ A recipe then trains on the folder with ``data.init_args.corpus: DIR``. See docs
 
 from __future__ import annotations
 
-import argparse
+from jsonargparse import ArgumentParser
 
 from lit_unitscale.data.errors import DataError
 from lit_unitscale.errors import LitUnitscaleError
+from lit_unitscale.tools.arguments import documented, parse_arguments, tool_parser
 
 
 class PrepareError(LitUnitscaleError, ValueError):
@@ -50,46 +51,44 @@ def run(
     return manifest.data
 
 
+def build_parser() -> ArgumentParser:
+    """The ``prepare`` tool's parser; the help is :func:`run`'s."""
+    docs = documented(run)
+    parser = tool_parser(
+        "prepare",
+        "tokenize a corpus once into token shards that training streams "
+        "(train with data.init_args.corpus: DIR)",
+    )
+    parser.add_argument(
+        "--input",
+        type=str,
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help=docs["inputs"] + " A folder with train.*/valid.*/test.* gives the splits, "
+        "otherwise each file is cut 90/5/5 in order.",
+    )
+    parser.add_argument("--out", type=str, required=True, metavar="DIR", help=docs["out"])
+    parser.add_argument(
+        "--tokenizer", type=str, default="bpe", metavar="bpe|word|FILE.json", help=docs["tokenizer"]
+    )
+    parser.add_argument(
+        "--vocab-size", type=int | None, default=None, metavar="N", help=docs["vocab_size"]
+    )
+    parser.add_argument(
+        "--workers", type=int | None, default=None, metavar="N", help=docs["workers"]
+    )
+    parser.add_argument("--text-field", type=str, default="text", help=docs["text_field"])
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m lit_unitscale prepare``.
 
     Args:
         argv: arguments after ``prepare``.
     """
-    parser = argparse.ArgumentParser(
-        prog="python -m lit_unitscale prepare",
-        description="tokenize a corpus once into token shards that training streams "
-        "(train with data.init_args.corpus: DIR)",
-    )
-    parser.add_argument(
-        "--input",
-        nargs="+",
-        required=True,
-        metavar="PATH",
-        help="named corpora (ptb, shakespeare, shakespeare+ptb, english-mix), text files, "
-        "folders or globs of .txt/.jsonl/.parquet; a folder with train.*/valid.*/test.* gives "
-        "the splits, otherwise each file is cut 90/5/5 in order",
-    )
-    parser.add_argument("--out", required=True, metavar="DIR", help="folder to write")
-    parser.add_argument(
-        "--tokenizer",
-        default="bpe",
-        metavar="bpe|word|FILE.json",
-        help="byte-level BPE or whitespace words trained on the training split, or a "
-        "tokenizer.json to use as it is (default: bpe)",
-    )
-    parser.add_argument(
-        "--vocab-size", type=int, default=None, metavar="N", help="vocabulary to train"
-    )
-    parser.add_argument(
-        "--workers", type=int, default=None, metavar="N", help="processes (default: all CPUs)"
-    )
-    parser.add_argument(
-        "--text-field",
-        default="text",
-        help="text field of .jsonl records and .parquet rows (default: text)",
-    )
-    args = parser.parse_args(argv)
+    args = parse_arguments(build_parser(), argv, PrepareError, "prepare")
     manifest = run(
         args.input, args.out, args.tokenizer, args.vocab_size, args.workers, args.text_field
     )

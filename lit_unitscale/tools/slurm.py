@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
-from typing import Any
+from typing import Any, Literal
 
 from jsonargparse import ArgumentParser, Namespace
 from omegaconf import DictConfig, OmegaConf
@@ -386,8 +386,7 @@ def _add_options(parser: ArgumentParser) -> None:
     )
     parser.add_argument(
         "--accelerator",
-        type=str,
-        choices=("gpu", "cpu"),
+        type=Literal["gpu", "cpu"],
         default="gpu",
         help="gpu requests --gpus-per-node; cpu runs CPU processes, for tests",
     )
