@@ -142,4 +142,7 @@ def documented(function: Callable[..., Any]) -> dict[str, str]:
     import docstring_parser
 
     parsed = docstring_parser.parse(function.__doc__ or "")
-    return {p.arg_name: " ".join((p.description or "").split()) for p in parsed.params}
+    # ``code`` is markup for the API docs; --help shows plain text.
+    return {
+        p.arg_name: " ".join((p.description or "").replace("``", "").split()) for p in parsed.params
+    }

@@ -12,14 +12,18 @@ parametrization they drift apart as training moves the weights (the μP coord-ch
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from jsonargparse import ArgumentParser
+
+from lit_unitscale.errors import ToolError
+from lit_unitscale.tools.arguments import documented, parse_arguments, tool_parser
 
 # results[parametrization][width][step][layer] = activation RMS
 Results = dict[str, dict[int, list[dict[str, float]]]]
@@ -156,28 +160,29 @@ def plot(results: Results, out: Path) -> None:
     plt.close(fig)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m lit_unitscale coord-check",
-        description="Activation RMS per layer against width, umup beside sp.",
-    )
+def build_parser() -> ArgumentParser:
+    """The ``coord-check`` tool's parser; the help is :func:`run_coord_check`'s."""
+    docs = documented(run_coord_check)
+    parser = tool_parser("coord-check", "Activation RMS per layer against width, umup beside sp.")
     parser.add_argument(
         "--config", action="append", required=True, help="recipe YAML (repeat to merge)"
     )
     parser.add_argument(
-        "--widths", type=int, nargs="+", default=[64, 128, 256, 512], help="d_model values"
+        "--widths", type=int, nargs="+", default=[64, 128, 256, 512], help=docs["widths"]
     )
-    parser.add_argument("--steps", type=int, default=5, help="training steps per run")
+    parser.add_argument("--steps", type=int, default=5, help=docs["steps"])
     parser.add_argument(
         "--parametrizations",
+        type=Literal["umup", "sp"],
         nargs="+",
         default=["umup", "sp"],
-        choices=["umup", "sp"],
-        help="parametrizations to compare",
+        help=docs["parametrizations"],
     )
-    parser.add_argument("--seed", type=int, default=0, help="initialisation seed of every run")
+    parser.add_argument("--seed", type=int, default=0, help=docs["seed"])
     parser.add_argument("--out", type=Path, default=Path("coord-check.png"), help="plot (PNG)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    parser.add_argument(
+        "--json", type=Path | None, default=None, help="also write the numbers here"
+    )
     return parser
 
 
@@ -193,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         i = argv.index("--")
         argv, overrides = argv[:i], argv[i + 1 :]
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(build_parser(), argv, ToolError, "coord-check")
     task, datamodule = build_from_recipe(args.config, overrides)
     results = run_coord_check(
         task, datamodule, args.widths, args.steps, tuple(args.parametrizations), args.seed

@@ -15,15 +15,17 @@ spec does not (``--run-dir`` names the layers as a run recorded them).
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from jsonargparse import ArgumentParser
 
 from lit_unitscale.callbacks.scale_wandb import HIST_STAT, PROFILE_KEY
 from lit_unitscale.errors import ToolError
+from lit_unitscale.tools.arguments import documented, parse_arguments, tool_parser
 from lit_unitscale.tools.scales import FP16_MAX, FP16_MIN_NORMAL, ScalesError, load_records
 from lit_unitscale.unit.fp8 import E4M3, E5M2
 
@@ -178,26 +180,27 @@ def push(workspace) -> str:
     return workspace.url
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m lit_unitscale dashboard",
-        description="The W&B scales workspace: push it to a server or print its spec.",
+def build_parser() -> ArgumentParser:
+    """The ``dashboard`` tool's parser; the help is :func:`build_workspace`'s."""
+    docs = documented(build_workspace)
+    parser = tool_parser(
+        "dashboard", "The W&B scales workspace: push it to a server or print its spec."
     )
-    parser.add_argument("action", choices=["push", "spec"], help="push: save; spec: print JSON")
-    parser.add_argument("--entity", required=True, help="W&B entity (user or team)")
-    parser.add_argument("--project", required=True, help="W&B project")
-    parser.add_argument("--name", default="Scales", help="name of the saved view")
     parser.add_argument(
-        "--layers", nargs="+", default=None, help="layer names (default: match every layer)"
+        "action", type=Literal["push", "spec"], help="push: save it; spec: print its JSON"
     )
+    parser.add_argument("--entity", type=str, required=True, help=docs["entity"])
+    parser.add_argument("--project", type=str, required=True, help=docs["project"])
+    parser.add_argument("--name", type=str, default="Scales", help=docs["name"])
+    parser.add_argument("--layers", type=str, nargs="+", default=None, help=docs["layers"])
     parser.add_argument(
         "--run-dir",
-        type=Path,
+        type=Path | None,
         default=None,
         help="take the layer names from this run's scales.jsonl (instead of --layers)",
     )
     parser.add_argument(
-        "--formats", nargs="+", default=["e4m3", "e5m2"], help="FP8 formats to chart"
+        "--formats", type=str, nargs="+", default=["e4m3", "e5m2"], help=docs["formats"]
     )
     return parser
 
@@ -221,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     Args:
         argv: arguments after the subcommand name.
     """
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(build_parser(), argv, DashboardError, "dashboard")
     try:
         if args.run_dir is not None and args.layers:
             raise DashboardError("give --layers or --run-dir, not both")

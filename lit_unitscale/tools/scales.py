@@ -19,7 +19,6 @@ it, each tensor kind's RMS over steps, one line per layer.
 
 from __future__ import annotations
 
-import argparse
 import html
 import io
 import json
@@ -28,7 +27,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import ArgumentParser
+
 from lit_unitscale.errors import ToolError
+from lit_unitscale.tools.arguments import parse_arguments, tool_parser
 from lit_unitscale.unit.fp8 import E4M3, E5M2
 
 JSONL_NAME = "scales.jsonl"
@@ -397,20 +399,22 @@ def render_html(
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m lit_unitscale scales",
-        description="Render the scale profile and RMS curves of a run from its scales.jsonl.",
+def build_parser() -> ArgumentParser:
+    """The ``scales`` tool's parser."""
+    parser = tool_parser(
+        "scales", "Render the scale profile and RMS curves of a run from its scales.jsonl."
     )
     parser.add_argument("run_dir", type=Path, help="run directory (or its scales.jsonl)")
     parser.add_argument(
         "--out",
-        type=Path,
+        type=Path | None,
         default=None,
         help="output .html (profile, curves and a table) or .png (the profile; the curves go "
         "to <name>-curves.png beside it); default RUN_DIR/scales.html",
     )
-    parser.add_argument("--step", type=int, default=None, help="profile step (default: last)")
+    parser.add_argument(
+        "--step", type=int | None, default=None, help="profile step (default: last)"
+    )
     return parser
 
 
@@ -420,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     Args:
         argv: arguments after the subcommand name.
     """
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(build_parser(), argv, ScalesError, "scales")
     try:
         records, alerts = read_jsonl(args.run_dir)
         run_dir = args.run_dir if args.run_dir.is_dir() else args.run_dir.parent

@@ -544,16 +544,29 @@ def run_array_task(trials: Path, index: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """One array task: ``python -m lit_unitscale.tools.search --trials FILE --index N``."""
-    import argparse
+    """One array task: ``python -m lit_unitscale.tools.search --trials FILE --index N``.
 
-    parser = argparse.ArgumentParser(prog="python -m lit_unitscale.tools.search")
-    parser.add_argument("--trials", type=Path, required=True, help="trials JSON of a job array")
-    parser.add_argument("--index", type=int, required=True, help="the array task id")
-    args = parser.parse_args(argv)
+    Args:
+        argv: the arguments (default ``sys.argv[1:]``).
+    """
+    from lit_unitscale.tools.arguments import documented, parse_arguments, tool_parser
+
+    docs = documented(run_array_task)
+    parser = tool_parser(
+        "search",
+        "Run one trial of a job array written by tune's SLURM executor.",
+        prog="python -m lit_unitscale.tools.search",
+    )
+    parser.add_argument("--trials", type=Path, required=True, help=docs["trials"])
+    parser.add_argument("--index", type=int, required=True, help=docs["index"])
+    args = parse_arguments(parser, argv, SearchError, "search")
     run_array_task(args.trials, args.index)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except SearchError as error:  # run by sbatch, not through lit_unitscale's CLI
+        print(f"lit_unitscale: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)

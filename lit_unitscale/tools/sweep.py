@@ -15,15 +15,18 @@ and compute.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from jsonargparse import ArgumentParser
 
+from lit_unitscale.errors import ToolError
+from lit_unitscale.tools.arguments import documented, parse_arguments, tool_parser
 from lit_unitscale.tools.search import RecipeObjective, load_rows, recipe_clip, run_trials
 
 
@@ -302,47 +305,55 @@ def plot(rows: list[dict], out: Path) -> Path:
     return path
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m lit_unitscale sweep",
-        description="Learning-rate x width grid, LR-transfer plot and scaling-law fit.",
+def build_parser() -> ArgumentParser:
+    """The ``sweep`` tool's parser; the help is :func:`run_sweep`'s."""
+    docs = documented(run_sweep)
+    parser = tool_parser(
+        "sweep",
+        "Learning-rate x width grid, LR-transfer plot and scaling-law fit. Arguments after "
+        "`--` override the recipe (e.g. -- --data.init_args.batch_size 8).",
     )
     parser.add_argument(
         "--config", action="append", required=True, help="recipe YAML (repeatable, merged in order)"
     )
-    parser.add_argument("--widths", type=int, nargs="+", required=True, help="d_model values")
-    parser.add_argument("--lrs", type=float, nargs="+", required=True, help="peak learning rates")
-    parser.add_argument(
-        "--sp-lrs", type=float, nargs="+", help="peak learning rates of the sp runs (default --lrs)"
-    )
-    parser.add_argument("--steps", type=int, default=200, help="optimizer steps per run")
+    parser.add_argument("--widths", type=int, nargs="+", required=True, help=docs["widths"])
+    parser.add_argument("--lrs", type=float, nargs="+", required=True, help=docs["lrs"])
+    parser.add_argument("--sp-lrs", type=float, nargs="+", default=None, help=docs["sp_lrs"])
+    parser.add_argument("--steps", type=int, default=200, help=docs["steps"])
     parser.add_argument(
         "--parametrizations",
+        type=Literal["umup", "sp"],
         nargs="+",
         default=["umup", "sp"],
-        choices=["umup", "sp"],
-        help="parametrizations to sweep",
+        help=docs["parametrizations"],
     )
-    parser.add_argument("--val-batches", type=int, default=20, help="validation batches per run")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every run")
-    parser.add_argument("--out", type=Path, default=Path("runs/sweep"), help="output directory")
+    parser.add_argument("--val-batches", type=int, default=20, help=docs["val_batches"])
+    parser.add_argument("--seed", type=int, default=0, help=docs["seed"])
+    parser.add_argument("--out", type=Path, default=Path("runs/sweep"), help=docs["out"])
     parser.add_argument("--fit", action="store_true", help="fit loss vs parameters and compute")
+    parser.add_argument("--val-every", type=int, default=0, help=docs["val_every"])
+    parser.add_argument("--workers", type=int, default=1, help=docs["workers"])
     parser.add_argument(
-        "--val-every", type=int, default=0, help="record validation curves every N steps"
+        "--threads-per-worker", type=int | None, default=None, help=docs["threads_per_worker"]
     )
-    parser.add_argument("--workers", type=int, default=1, help="local processes running points")
-    parser.add_argument(
-        "--threads-per-worker", type=int, default=None, help="torch threads of each worker"
-    )
-    parser.add_argument("overrides", nargs="*", help="extra CLI overrides for the recipe, after --")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Entry point of ``python -m lit_unitscale sweep``; arguments after ``--`` go to the recipe.
+
+    Args:
+        argv: arguments after the subcommand name.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, overrides = argv[:i], argv[i + 1 :]
+    args = parse_arguments(build_parser(), argv, ToolError, "sweep")
     from lit_unitscale.tools.search import build_from_recipe
 
-    task, datamodule = build_from_recipe(args.config, args.overrides)
+    task, datamodule = build_from_recipe(args.config, overrides)
     rows = run_sweep(
         task,
         datamodule,
