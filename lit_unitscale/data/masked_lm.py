@@ -8,57 +8,78 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
 
-from .base import TokenizedDataModule, resolve_tokenizer
-from .splits import SPLITS
-from .text_corpora import text_lines
-from .text_tokenizers import CLS, MASK, SEP, SPECIAL_TOKENS, UNK, token_id
+from lit_unitscale.data.prepared_corpora import ShardedTextData
+from lit_unitscale.data.shards import ShardTokens
+from lit_unitscale.data.text_tokenizers import (
+    CLS,
+    MASK,
+    SEP,
+    SPECIAL_TOKENS,
+    WORD_UNK,
+    token_id,
+)
 
 IGNORE_INDEX = -100
 
 
 def stable_seed(*parts: object) -> int:
-    """A 63-bit seed fixed by `parts` (Python's hash() changes between processes)."""
+    """A 63-bit seed fixed by ``parts`` (Python's ``hash()`` changes between processes).
+
+    Args:
+        parts: the values the seed depends on, in order.
+    """
     digest = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 1
 
 
-def pack_lines(lines: list[list[int]], budget: int) -> list[list[int]]:
-    """Greedily join consecutive lines into sequences of at most `budget` tokens; a line longer
-    than `budget` is cut into pieces. Keeps sentences whole where they fit."""
-    packed: list[list[int]] = []
-    current: list[int] = []
-    for ids in lines:
-        while len(ids) > budget:
-            if current:
-                packed.append(current)
-                current = []
-            packed.append(ids[:budget])
-            ids = ids[budget:]
-        if current and len(current) + len(ids) > budget:
-            packed.append(current)
-            current = []
-        current = current + ids
-    if current:
-        packed.append(current)
-    return packed
+class MaskedBlocks(Dataset):
+    """A token stream cut into consecutive pieces of ``body_len`` tokens, each read as
+    ``[CLS] piece [SEP]``. The final piece is kept however short, so the blocks of a split
+    hold each of its tokens exactly once.
 
+    Args:
+        tokens: the token stream.
+        body_len: stream tokens per block (the sequence length less ``[CLS]`` and ``[SEP]``).
+        cls_id: id of ``[CLS]``.
+        sep_id: id of ``[SEP]``.
+    """
 
-class Sequences(Dataset):
-    """Variable-length token sequences stored flat; item i is `(i, ids)`. The index lets the
-    collator give each evaluation example its own fixed mask."""
-
-    def __init__(self, sequences: list[list[int]]) -> None:
-        lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
-        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
-        self.flat = torch.tensor([t for s in sequences for t in s], dtype=torch.int32)
+    def __init__(
+        self, tokens: Tensor | ShardTokens, body_len: int, cls_id: int, sep_id: int
+    ) -> None:
+        self.tokens = tokens
+        self.body_len = body_len
+        self.cls = torch.tensor([cls_id], dtype=torch.long)
+        self.sep = torch.tensor([sep_id], dtype=torch.long)
+        self.length = -(-len(tokens) // body_len)
 
     def __len__(self) -> int:
-        return len(self.offsets) - 1
+        return self.length
+
+    def __getitem__(self, index: int) -> Tensor:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        start = index * self.body_len
+        body = self.tokens[start : start + self.body_len].long()
+        return torch.cat([self.cls, body, self.sep])
+
+
+class NumberedExamples(Dataset):
+    """Item i of ``dataset`` as ``(i, item)``: the index lets the collator give each
+    evaluation example its own fixed mask.
+
+    Args:
+        dataset: a map-style dataset.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> tuple[int, Tensor]:
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        return index, self.flat[self.offsets[index] : self.offsets[index + 1]].long()
+        return index, self.dataset[index]
 
 
 class MaskingCollator:
@@ -153,18 +174,22 @@ class MaskingCollator:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-class MaskedLMData(TokenizedDataModule):
-    """Masked-LM sequences from Shakespeare, PTB or your own text.
+class MaskedLMData(ShardedTextData):
+    """Masked-LM sequences streamed from token shards: a folder written by
+    ``python -m lit_unitscale prepare``, or Shakespeare, PTB or your own text, prepared into
+    the cache on first use (the same shards as the causal LM reads).
 
-    Consecutive lines are packed into sequences of at most `seq_len` tokens, `[CLS] ... [SEP]`;
-    batches are padded to their longest sequence. Batches: `{"input_ids": [B, T] long,
+    The split's token stream is cut into consecutive pieces of ``seq_len - 2`` tokens, each
+    ``[CLS] ... [SEP]``; the masks are drawn per batch by :class:`MaskingCollator`, so every
+    epoch masks other tokens. PTB's ``<unk>`` is the tokenizer's ``[UNK]`` (never masked).
+    Batches are padded to their longest sequence: ``{"input_ids": [B, T] long,
     "attention_mask": [B, T] bool (True = real token), "labels": [B, T] long (-100 = not
-    predicted)}`.
+    predicted)}``.
     """
 
     def __init__(
         self,
-        corpus: str = "shakespeare+ptb",
+        corpus: str | list[str] = "shakespeare+ptb",
         tokenizer: Literal["bpe", "wordpiece"] = "wordpiece",
         vocab_size: int = 8192,
         tokenizer_path: str | None = None,
@@ -173,64 +198,67 @@ class MaskedLMData(TokenizedDataModule):
         batch_size: int = 32,
         max_train_tokens: int | None = None,
         max_eval_tokens: int | None = None,
+        weights: list[float] | None = None,
+        epoch_tokens: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
         """
         Args:
-            corpus: "shakespeare+ptb", "shakespeare", "ptb", a text file, or a folder of .txt
-                files (with train.txt/valid.txt/test.txt those are the splits; otherwise each
-                file is cut 90/5/5 in order).
+            corpus: A folder written by ``prepare``; or "shakespeare+ptb", "shakespeare",
+                "ptb", "english-mix", a text file, or a folder of .txt files (with
+                train.txt/valid.txt/test.txt those are the splits; otherwise each file is cut
+                90/5/5 in order), prepared into the cache on first use. A list mixes several
+                corpora sharing one tokenizer (the first one's, unless tokenizer_path is set).
             tokenizer: "wordpiece" or "bpe" (byte-level), trained on the training split.
+                Ignored for a prepared folder, which carries its tokenizer.
             vocab_size: Vocabulary size of the tokenizer to train.
             tokenizer_path: A tokenizer.json to use instead of training one; it must contain
-                [PAD] [UNK] [CLS] [SEP] [MASK].
+                [PAD] [UNK] [CLS] [SEP] [MASK], and a prepared folder must have been written
+                with this very file.
             seq_len: Longest sequence, [CLS] and [SEP] included.
             mask_prob: Fraction of (non-special) tokens chosen for prediction.
             batch_size: Sequences per batch on each process.
-            max_train_tokens: Stop after about this many training tokens (tiny runs).
-            max_eval_tokens: Stop after about this many validation and test tokens.
+            max_train_tokens: Keep only the first this many training tokens (tiny runs).
+            max_eval_tokens: Keep only the first this many validation and test tokens.
+            weights: Mixing weight of each corpus in the list (default: their training sizes).
+            epoch_tokens: Training tokens per epoch (default: the training split once; with a
+                list, the sum of the training splits); corpora are drawn by weight.
             num_workers: DataLoader worker processes.
             seed: Seed of the training shuffle order and of the masks.
         """
-        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         if not 0.0 < mask_prob < 1.0:
             raise ValueError(f"mask_prob must be between 0 and 1, got {mask_prob}.")
         if seq_len < 3:
             raise ValueError(f"seq_len must leave room for [CLS], [SEP] and a token: {seq_len}.")
-        self.corpus = corpus
-        self.tokenizer_kind = tokenizer
-        self.requested_vocab_size = vocab_size
-        self.tokenizer_path = tokenizer_path
-        self.seq_len = seq_len
+        super().__init__(
+            corpus=corpus,
+            tokenizer=tokenizer,
+            vocab_size=vocab_size,
+            tokenizer_path=tokenizer_path,
+            seq_len=seq_len,
+            batch_size=batch_size,
+            max_train_tokens=max_train_tokens,
+            max_eval_tokens=max_eval_tokens,
+            weights=weights,
+            epoch_tokens=epoch_tokens,
+            num_workers=num_workers,
+            seed=seed,
+        )
         self.mask_prob = mask_prob
-        self.max_train_tokens = max_train_tokens
-        self.max_eval_tokens = max_eval_tokens
 
     def _prepare(self) -> None:
         # PTB writes out-of-vocabulary words as "<unk>": make it the tokenizer's [UNK] (one
         # special token, never masked) rather than the pieces "<", "unk", ">".
-        lines = {
-            split: [line.replace("<unk>", UNK) for line in split_lines]
-            for split, split_lines in text_lines(self.corpus).items()
-        }
-        self._tokenizer, self._tokenizer_file = resolve_tokenizer(
-            self.tokenizer_kind,
-            self.requested_vocab_size,
-            self.tokenizer_path,
-            lambda: lines["train"],
-        )
+        self._open_corpora(required_tokens=SPECIAL_TOKENS, unk_word=WORD_UNK)
         cls_id, sep_id = token_id(self._tokenizer, CLS), token_id(self._tokenizer, SEP)
-        for split in SPLITS:
-            limit = self.max_train_tokens if split == "train" else self.max_eval_tokens
-            encoded, total = [], 0
-            for encoding in self._tokenizer.encode_batch(lines[split], add_special_tokens=False):
-                encoded.append(encoding.ids)
-                total += len(encoding.ids)
-                if limit is not None and total >= limit:
-                    break
-            packed = pack_lines(encoded, self.seq_len - 2)
-            self._datasets[split] = Sequences([[cls_id, *ids, sep_id] for ids in packed])
+        body_len = self.seq_len - 2
+
+        def blocks(stream: ShardTokens, split: str) -> MaskedBlocks:
+            return MaskedBlocks(stream, body_len, cls_id, sep_id)
+
+        self._build_splits(blocks, block_tokens=body_len)
+        self._datasets = {s: NumberedExamples(d) for s, d in self._datasets.items()}
 
     def _collate(self, split: str) -> MaskingCollator:
         self._ensure_prepared()
@@ -254,6 +282,6 @@ class MaskedLMData(TokenizedDataModule):
 
     @property
     def mask_id(self) -> int:
-        """Id of [MASK]."""
+        """Id of ``[MASK]``."""
         self._ensure_prepared()
         return token_id(self._tokenizer, MASK)

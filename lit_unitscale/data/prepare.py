@@ -37,6 +37,7 @@ from .shards import FORMAT_VERSION, MANIFEST, TOKENIZER_FILE, Manifest, read_man
 from .splits import SPLITS, contiguous_split, given_split_files
 from .text_corpora import NAMED_TEXT_CORPORA, named_sources
 from .text_tokenizers import (
+    UNK,
     WORD_EOS,
     build_word_tokenizer,
     cached_tokenizer,
@@ -47,6 +48,8 @@ from .text_tokenizers import (
 )
 
 T = TypeVar("T")
+# Tokenizer kinds trained here; any other tokenizer argument is a tokenizer.json.
+TRAINED_TOKENIZERS = ("word", "bpe", "wordpiece")
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 PIECE_BYTES = 8 << 20  # text per unit of work (and per resume step inside a part)
 PART_BYTES = 512 << 20  # text per resumable part
@@ -181,8 +184,21 @@ def _record_text(line: bytes, field: str, path: Path | str, number: int) -> str:
     return text
 
 
-def piece_lines(piece: Piece, text_field: str) -> Iterator[str]:
-    """The stripped, non-blank lines of the piece's units, in order."""
+def piece_lines(piece: Piece, text_field: str, unk_word: str | None = None) -> Iterator[str]:
+    """The stripped, non-blank lines of the piece's units, in order.
+
+    Args:
+        piece: the units to read.
+        text_field: the text field of .jsonl records and .parquet rows.
+        unk_word: a word the text writes for unknown words, replaced by ``[UNK]``.
+    """
+    lines = _piece_lines(piece, text_field)
+    if unk_word is None:
+        return lines
+    return (line.replace(unk_word, UNK) for line in lines)
+
+
+def _piece_lines(piece: Piece, text_field: str) -> Iterator[str]:
     index = piece.first
     if piece.kind == "parquet":
         table = _parquet().ParquetFile(piece.path)
@@ -254,10 +270,18 @@ class _Counters:
 class _Encoder:
     """litdata's ``fn``: one piece → its token ids, one uint16/uint32 array per text batch."""
 
-    def __init__(self, tokenizer_file: Path, dtype: str, text_field: str, counters: _Counters):
+    def __init__(
+        self,
+        tokenizer_file: Path,
+        dtype: str,
+        text_field: str,
+        counters: _Counters,
+        unk_word: str | None = None,
+    ) -> None:
         self.tokenizer_file = str(tokenizer_file)
         self.dtype = dtype
         self.text_field = text_field
+        self.unk_word = unk_word
         self.counters = counters
         self._tokenizer: Tokenizer | None = None
         self._eos: int | None = None
@@ -281,7 +305,8 @@ class _Encoder:
             self._eos = token_id(self._tokenizer, WORD_EOS) if word else None
         batch: list[str] = []
         size = 0
-        for line in itertools.chain(piece_lines(piece, self.text_field), [None]):
+        lines = piece_lines(piece, self.text_field, self.unk_word)
+        for line in itertools.chain(lines, [None]):
             if line is not None:
                 batch.append(line)
                 size += len(line) + 1
@@ -329,23 +354,27 @@ class _Progress:
 
 
 def _train_tokenizer(
-    tokenizer: str, vocab_size: int | None, train: list[Piece], text_field: str
+    tokenizer: str,
+    vocab_size: int | None,
+    train: list[Piece],
+    text_field: str,
+    unk_word: str | None,
 ) -> Path:
     """A tokenizer.json: the given file, or trained on the training split (or a sample)."""
-    if tokenizer not in ("word", "bpe"):
+    if tokenizer not in TRAINED_TOKENIZERS:
         return Path(tokenizer).expanduser()
     size = vocab_size if vocab_size is not None or tokenizer == "word" else 8192
     total = sum(p.text_bytes for p in train)
     if total <= SAMPLE_BYTES:
         # Small corpora: all training lines, the tokenizer and cache entry of earlier versions.
-        lines = [line for piece in train for line in piece_lines(piece, text_field)]
+        lines = [line for piece in train for line in piece_lines(piece, text_field, unk_word)]
         if not lines:
             raise EmptyDataError("prepare: the training split holds no text.")
         return cached_tokenizer(tokenizer, lines, size)  # type: ignore[arg-type]
 
     def all_lines() -> Iterator[str]:
         for piece in train:
-            yield from piece_lines(piece, text_field)
+            yield from piece_lines(piece, text_field, unk_word)
 
     if tokenizer == "word":  # exact counts over the whole split; memory ~ the vocabulary
         model = build_word_tokenizer(all_lines(), size)
@@ -354,9 +383,9 @@ def _train_tokenizer(
 
         def sample() -> Iterator[str]:
             for piece in train[::stride]:
-                yield from piece_lines(piece, text_field)
+                yield from piece_lines(piece, text_field, unk_word)
 
-        model = train_subword_tokenizer("bpe", sample(), int(size))
+        model = train_subword_tokenizer(tokenizer, sample(), int(size))  # type: ignore[arg-type]
     path = Path(os.environ.get("TMPDIR", "/tmp")) / f"lit_unitscale-tokenizer-{os.getpid()}.json"
     model.save(str(path))
     return path
@@ -444,6 +473,7 @@ def prepare(
     workers: int | None = None,
     *,
     text_field: str = "text",
+    unk_word: str | None = None,
     progress: bool = True,
 ) -> Manifest:
     """Tokenize `inputs` into token shards under `out`; returns the manifest.
@@ -451,17 +481,19 @@ def prepare(
     Args:
         inputs: named corpora, files, folders or globs of .txt / .jsonl / .parquet.
         out: the folder to write (an unfinished one is resumed).
-        tokenizer: "bpe", "word", or a tokenizer.json to use as it is.
-        vocab_size: vocabulary to train (bpe default 8192; word default all words).
+        tokenizer: "bpe", "wordpiece", "word", or a tokenizer.json to use as it is.
+        vocab_size: vocabulary to train (bpe and wordpiece default 8192; word: all words).
         workers: worker processes (default: all CPUs).
         text_field: the text field of .jsonl records and .parquet rows.
+        unk_word: a word the text writes for unknown words (PTB's ``<unk>``), encoded as the
+            tokenizer's ``[UNK]`` (masked-LM vocabularies) instead of as its pieces.
         progress: show a progress bar with MB/s and tokens/s.
     """
     import litdata
 
     out = Path(out).expanduser()
     tokenizer_spec = tokenizer
-    if tokenizer not in ("word", "bpe"):
+    if tokenizer not in TRAINED_TOKENIZERS:
         load_tokenizer(tokenizer)  # one clear error if it is not a tokenizer.json
         tokenizer_spec = sha256_file(Path(tokenizer).expanduser())
     request = {
@@ -470,6 +502,8 @@ def prepare(
         "vocab_size": vocab_size,
         "text_field": text_field,
     }
+    if unk_word is not None:  # only when set: folders prepared without it keep their request
+        request["unk_word"] = unk_word
     if (out / MANIFEST).is_file():
         done = read_manifest(out)
         if done.data.get("request") != request:
@@ -503,7 +537,7 @@ def prepare(
 
     tokenizer_out = work / TOKENIZER_FILE
     if not tokenizer_out.is_file():
-        source = _train_tokenizer(tokenizer, vocab_size, pieces["train"], text_field)
+        source = _train_tokenizer(tokenizer, vocab_size, pieces["train"], text_field, unk_word)
         atomic_write_bytes(tokenizer_out, source.read_bytes())
         if source.name.startswith("lit_unitscale-tokenizer-"):
             source.unlink()
@@ -512,7 +546,7 @@ def prepare(
     dtype = "uint16" if vocab <= 1 << 16 else "uint32"
 
     counters = _Counters()
-    encoder = _Encoder(tokenizer_out, dtype, text_field, counters)
+    encoder = _Encoder(tokenizer_out, dtype, text_field, counters, unk_word)
     # Forked workers must not inherit a thread pool the parent's tokenizer training started.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     total = sum(p.text_bytes for split in SPLITS for p in pieces[split])
@@ -552,7 +586,11 @@ def prepare(
         "tokenizer": {
             "file": TOKENIZER_FILE,
             "sha256": sha256_file(out / TOKENIZER_FILE),
-            "kind": "word" if is_word_level(model) else tokenizer if tokenizer == "bpe" else "file",
+            "kind": "word"
+            if is_word_level(model)
+            else tokenizer
+            if tokenizer in TRAINED_TOKENIZERS
+            else "file",
             "vocab_size": vocab,
         },
         "dtype": dtype,

@@ -1,7 +1,7 @@
 import torch
 
 from lit_unitscale.data import MaskedLMData
-from lit_unitscale.data.masked_lm import MaskingCollator, pack_lines
+from lit_unitscale.data.masked_lm import MaskingCollator
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 VOCAB = 1000
@@ -17,11 +17,6 @@ def collator(fixed: bool = False, seed: int = 0) -> MaskingCollator:
         seed=seed,
         fixed_per_example=fixed,
     )
-
-
-def test_pack_lines_keeps_lines_whole_where_they_fit():
-    lines = [[1, 2], [3, 4, 5], [6], [7, 8, 9, 10, 11]]
-    assert pack_lines(lines, budget=4) == [[1, 2], [3, 4, 5, 6], [7, 8, 9, 10], [11]]
 
 
 def test_masking_statistics_follow_bert():
