@@ -6,8 +6,8 @@ any module at their own files by path. Tokenizers are trained here and cached; n
 model hub.
 """
 
-from .causal_lm import CausalLMData
-from .errors import (
+from lit_unitscale.data.causal_lm import CausalLMData
+from lit_unitscale.data.errors import (
     DataError,
     DataFormatError,
     DataHashError,
@@ -16,10 +16,10 @@ from .errors import (
     FetchError,
     TokenizerFileError,
 )
-from .g2p import G2PData
-from .masked_lm import MaskedLMData
-from .ner import NERData
-from .sentiment import SentimentData
+from lit_unitscale.data.g2p import G2PData
+from lit_unitscale.data.masked_lm import MaskedLMData
+from lit_unitscale.data.ner import NERData
+from lit_unitscale.data.sentiment import SentimentData
 
 __all__ = [
     "CausalLMData",

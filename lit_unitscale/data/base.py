@@ -11,9 +11,7 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset, default_collate
 from torch.utils.data.distributed import DistributedSampler
 
-from lit_unitscale.errors import RecipeError
-
-from .text_tokenizers import (
+from lit_unitscale.data.text_tokenizers import (
     PAD,
     SPECIAL_TOKENS,
     TokenizerKind,
@@ -21,6 +19,7 @@ from .text_tokenizers import (
     load_tokenizer,
     token_id,
 )
+from lit_unitscale.errors import RecipeError
 
 # Batch key of evaluation batches under several processes: False marks an example repeated only
 # so that every process runs as many batches (metrics skip it; forwards still run on it).

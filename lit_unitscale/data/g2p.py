@@ -5,10 +5,10 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
-from .base import BaseDataModule, ListDataset
-from .packages import CMUDICT, fetch
-from .readers import existing_path, read_pronunciations
-from .splits import SPLITS, split_of_key
+from lit_unitscale.data.base import BaseDataModule, ListDataset
+from lit_unitscale.data.packages import CMUDICT, fetch
+from lit_unitscale.data.readers import existing_path, read_pronunciations
+from lit_unitscale.data.splits import SPLITS, split_of_key
 
 IGNORE_INDEX = -100
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"

@@ -5,13 +5,13 @@ from typing import Literal
 import torch
 from tokenizers import Tokenizer
 
-from .base import ListDataset, TokenizedDataModule, resolve_tokenizer
-from .errors import EmptyDataError
-from .labels import bio_names
-from .packages import WNUT16, fetch
-from .readers import existing_path, read_conll
-from .splits import SPLITS, given_split_files, seeded_split
-from .text_tokenizers import CLS, SEP, token_id
+from lit_unitscale.data.base import ListDataset, TokenizedDataModule, resolve_tokenizer
+from lit_unitscale.data.errors import EmptyDataError
+from lit_unitscale.data.labels import bio_names
+from lit_unitscale.data.packages import WNUT16, fetch
+from lit_unitscale.data.readers import existing_path, read_conll
+from lit_unitscale.data.splits import SPLITS, given_split_files, seeded_split
+from lit_unitscale.data.text_tokenizers import CLS, SEP, token_id
 
 IGNORE_INDEX = -100
 NO_WORD = -1

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cache import atomic_write_bytes, cache_root, file_lock
-from .errors import DataFormatError, DataHashError, FetchError
+from lit_unitscale.data.cache import atomic_write_bytes, cache_root, file_lock
+from lit_unitscale.data.errors import DataFormatError, DataHashError, FetchError
 
 Extractor = Callable[[Path], dict[str, bytes]]
 Downloader = Callable[[str, str, Path], Path]

@@ -31,12 +31,19 @@ from typing import Any, TypeVar
 import numpy as np
 from tokenizers import Tokenizer
 
-from .cache import atomic_write_bytes
-from .errors import DataFormatError, DataNotFoundError, EmptyDataError
-from .shards import FORMAT_VERSION, MANIFEST, TOKENIZER_FILE, Manifest, read_manifest, sha256_file
-from .splits import SPLITS, contiguous_split, given_split_files
-from .text_corpora import NAMED_TEXT_CORPORA, named_sources
-from .text_tokenizers import (
+from lit_unitscale.data.cache import atomic_write_bytes
+from lit_unitscale.data.errors import DataFormatError, DataNotFoundError, EmptyDataError
+from lit_unitscale.data.shards import (
+    FORMAT_VERSION,
+    MANIFEST,
+    TOKENIZER_FILE,
+    Manifest,
+    read_manifest,
+    sha256_file,
+)
+from lit_unitscale.data.splits import SPLITS, contiguous_split, given_split_files
+from lit_unitscale.data.text_corpora import NAMED_TEXT_CORPORA, named_sources
+from lit_unitscale.data.text_tokenizers import (
     UNK,
     WORD_EOS,
     build_word_tokenizer,
@@ -404,7 +411,7 @@ def _parts(pieces: list[Piece]) -> list[list[Piece]]:
 
 
 def _empty_index(dtype: str) -> dict[str, Any]:
-    from .shards import LITDATA_DTYPES
+    from lit_unitscale.data.shards import LITDATA_DTYPES
 
     config = {"chunk_bytes": CHUNK_BYTES, "chunk_size": None, "compression": None}
     config |= {"data_format": [f"no_header_numpy:{LITDATA_DTYPES[dtype]}"]}

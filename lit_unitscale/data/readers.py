@@ -5,7 +5,7 @@ file and what was expected."""
 import re
 from pathlib import Path
 
-from .errors import DataFormatError, DataNotFoundError, EmptyDataError
+from lit_unitscale.data.errors import DataFormatError, DataNotFoundError, EmptyDataError
 
 
 def existing_path(path: str | Path, expected: str) -> Path:

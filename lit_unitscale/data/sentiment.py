@@ -6,13 +6,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .base import ListDataset, TokenizedDataModule, resolve_tokenizer
-from .errors import DataFormatError, EmptyDataError
-from .labels import class_names
-from .packages import MR, fetch
-from .readers import existing_path, read_text, read_tsv
-from .splits import SPLITS, given_split_files, seeded_split
-from .text_tokenizers import CLS, SEP, token_id
+from lit_unitscale.data.base import ListDataset, TokenizedDataModule, resolve_tokenizer
+from lit_unitscale.data.errors import DataFormatError, EmptyDataError
+from lit_unitscale.data.labels import class_names
+from lit_unitscale.data.packages import MR, fetch
+from lit_unitscale.data.readers import existing_path, read_text, read_tsv
+from lit_unitscale.data.splits import SPLITS, given_split_files, seeded_split
+from lit_unitscale.data.text_tokenizers import CLS, SEP, token_id
 
 MR_LABELS = ["negative", "positive"]
 MR_FILE = "movieReviewSnippets_GroundTruth.txt"

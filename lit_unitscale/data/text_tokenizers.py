@@ -22,8 +22,8 @@ from typing import Literal
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from .cache import cache_root, cached_file
-from .errors import DataNotFoundError, TokenizerFileError
+from lit_unitscale.data.cache import cache_root, cached_file
+from lit_unitscale.data.errors import DataNotFoundError, TokenizerFileError
 
 TokenizerKind = Literal["word", "bpe", "wordpiece"]
 
