@@ -1,4 +1,5 @@
-"""Low precision with no loss scaling: fp32 vs fp16 (no scaler) vs FP8 simulation, umup beside sp.
+"""Low precision with no loss scaling: fp32 vs fp16 (no scaler) vs FP8 simulation vs real FP8
+matmuls, umup beside sp.
 
 Each run is the real CLI with a shipped precision overlay on the same recipe, seed and data; the
 per-step losses come back through a CSV logger. The claim under test: u-μP's final validation
@@ -26,6 +27,7 @@ PRECISIONS = {
     "fp32": [],
     "fp16-noscale": ["--config", "recipes/precision/fp16-noscale.yaml"],
     "fp8-sim": ["--config", "recipes/precision/fp8-sim.yaml"],
+    "fp8": ["--config", "recipes/precision/fp8.yaml"],
 }
 
 

@@ -135,9 +135,15 @@ def summary_lines(trainer: L.Trainer, pl_module: L.LightningModule) -> list[str]
         f"run       {trainer.default_root_dir}",
         f"model     {kind}, {_count(params)} parameters{shape}",
         f"batch     {per_step}",
-        f"numerics  precision {trainer.precision}, {type(trainer.strategy).__name__} on "
+        f"numerics  precision {_precision(trainer)}, {type(trainer.strategy).__name__} on "
         f"{trainer.num_nodes} node(s) x {trainer.num_devices} device(s) "
         f"({type(trainer.accelerator).__name__.removesuffix('Accelerator').lower()})"
         + (f", {steps}" if steps else ""),
         f"logging   {logging}",
     ]
+
+
+def _precision(trainer: L.Trainer) -> str:
+    # Plugins that add to a base precision (FP8) say what they add, so the header names both.
+    extra = getattr(trainer.precision_plugin, "adds", None)
+    return f"{trainer.precision} + {extra}" if extra else str(trainer.precision)

@@ -6,7 +6,9 @@ from lit_unitscale.strategies.deepspeed import DeepSpeedStrategy
 from lit_unitscale.strategies.fsdp2 import FSDP2Strategy, shard_model
 from lit_unitscale.strategies.precision import (
     DeepSpeedAccumulationPrecision,
+    DeepSpeedFP8Precision,
     DeepSpeedFP8SimPrecision,
+    FP8Precision,
     FP8SimPrecision,
     FP16NoScalePrecision,
     PrecisionError,
@@ -18,9 +20,11 @@ from lit_unitscale.strategies.topology import TopologyError, check_slurm_topolog
 __all__ = [
     "DeepSpeedAccumulationPrecision",
     "DDPStrategy",
+    "DeepSpeedFP8Precision",
     "DeepSpeedFP8SimPrecision",
     "DeepSpeedStrategy",
     "FP16NoScalePrecision",
+    "FP8Precision",
     "FP8SimPrecision",
     "FSDP2Strategy",
     "PrecisionError",

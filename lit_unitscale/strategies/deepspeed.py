@@ -30,7 +30,9 @@ from lightning.pytorch.strategies import DeepSpeedStrategy as _LightningDeepSpee
 from lit_unitscale.strategies.checks import CheckedStrategy
 from lit_unitscale.strategies.precision import (
     DeepSpeedAccumulationPrecision,
+    DeepSpeedFP8Precision,
     DeepSpeedFP8SimPrecision,
+    FP8Precision,
     FP8SimPrecision,
 )
 
@@ -114,6 +116,8 @@ class DeepSpeedStrategy(CheckedStrategy, _LightningDeepSpeed):
         plugin = self.precision_plugin
         if isinstance(plugin, FP8SimPrecision):
             self.precision_plugin = DeepSpeedFP8SimPrecision(plugin.base_precision)
+        elif isinstance(plugin, FP8Precision):
+            self.precision_plugin = DeepSpeedFP8Precision(plugin.base_precision, plugin.exclude)
         elif type(plugin) is DeepSpeedPrecision:
             self.precision_plugin = DeepSpeedAccumulationPrecision(plugin.precision)
 

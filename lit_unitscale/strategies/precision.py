@@ -5,6 +5,8 @@
   (Lightning's ``16-mixed`` always adds a GradScaler, and silently becomes bf16 on CPU.)
 - :class:`FP8SimPrecision`: FP8 simulation (E4M3 matmul inputs, E5M2 matmul output gradients)
   on top of ``32-true``, ``bf16-mixed`` or ``bf16-true``.
+- :class:`FP8Precision`: real FP8 GEMMs (``torch._scaled_mm``) in every hidden linear, static
+  unit scales, FP8 casts saved for backward, on top of the same bases.
 
 :func:`check_precision` refuses the combinations that cannot work and says why; our strategies
 call it when the Trainer is built, before any process is launched.
@@ -27,6 +29,7 @@ from torch import Tensor
 
 from lit_unitscale.errors import RecipeError
 from lit_unitscale.unit.fp8 import fp8_matmuls
+from lit_unitscale.unit.modules import use_fp8_matmuls
 
 FP8Base = Literal["32-true", "bf16-mixed", "bf16-true"]
 
@@ -62,20 +65,11 @@ def _make_base(base: str, device: str) -> Precision:
         return MixedPrecision("bf16-mixed", _resolve_device(device))
     if base == "bf16-true":
         return HalfPrecision("bf16-true")
-    raise PrecisionError(f"fp8-sim: base must be 32-true, bf16-mixed or bf16-true, got {base!r}")
+    raise PrecisionError(f"fp8: base must be 32-true, bf16-mixed or bf16-true, got {base!r}")
 
 
-class FP8SimPrecision(Precision):
-    """FP8 simulation on every unit matmul, on top of a base precision.
-
-    Forward and backward both run inside :func:`lit_unitscale.unit.fp8.fp8_matmuls`: the
-    E5M2 gradient quantisers are recorded at forward time, and recomputed forwards (activation
-    checkpointing) happen during backward, so backward needs the context too.
-
-    Args:
-        base: precision underneath the simulation: ``32-true``, ``bf16-mixed`` or ``bf16-true``.
-        device: autocast device type for ``bf16-mixed`` (``"auto"``: CUDA when available).
-    """
+class _OnBase(Precision):
+    """A precision that adds to a base precision and otherwise does what the base does."""
 
     def __init__(self, base: FP8Base = "32-true", device: str = "auto") -> None:
         self.base = _make_base(base, device)
@@ -97,17 +91,14 @@ class FP8SimPrecision(Precision):
     def convert_output(self, data: Any) -> Any:
         return self.base.convert_output(data)
 
-    @contextlib.contextmanager
-    def forward_context(self) -> Generator[None, None, None]:
-        with self.base.forward_context(), fp8_matmuls():
-            yield
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        return self.base.forward_context()
 
     def pre_backward(self, tensor: Tensor, module: Any) -> Tensor:
         return self.base.pre_backward(tensor, module)
 
     def backward(self, tensor: Tensor, model: Any, optimizer: Any, *args: Any, **kwargs: Any):
-        with fp8_matmuls():
-            return self.base.backward(tensor, model, optimizer, *args, **kwargs)
+        return self.base.backward(tensor, model, optimizer, *args, **kwargs)
 
     def optimizer_step(self, optimizer: Any, model: Any, closure: Any, **kwargs: Any) -> Any:
         return self.base.optimizer_step(optimizer, model, closure, **kwargs)
@@ -120,6 +111,61 @@ class FP8SimPrecision(Precision):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.base.load_state_dict(state_dict)
+
+
+class FP8SimPrecision(_OnBase):
+    """FP8 simulation on every unit matmul, on top of a base precision.
+
+    Forward and backward both run inside :func:`lit_unitscale.unit.fp8.fp8_matmuls`: the
+    E5M2 gradient quantisers are recorded at forward time, and recomputed forwards (activation
+    checkpointing) happen during backward, so backward needs the context too.
+
+    Args:
+        base: precision underneath the simulation: ``32-true``, ``bf16-mixed`` or ``bf16-true``.
+        device: autocast device type for ``bf16-mixed`` (``"auto"``: CUDA when available).
+    """
+
+    adds = "FP8 simulation"
+
+    @contextlib.contextmanager
+    def forward_context(self) -> Generator[None, None, None]:
+        with self.base.forward_context(), fp8_matmuls():
+            yield
+
+    def backward(self, tensor: Tensor, model: Any, optimizer: Any, *args: Any, **kwargs: Any):
+        with fp8_matmuls():
+            return self.base.backward(tensor, model, optimizer, *args, **kwargs)
+
+
+class FP8Precision(_OnBase):
+    """Real FP8 matmuls in every hidden linear (attention's projections, the MLP's), on top of
+    a base precision: E4M3 inputs and weights, E5M2 gradients, ``torch._scaled_mm`` with fp32
+    accumulation and the unit scales as its scale arguments (static: no amax).
+
+    Embeddings, readouts and attention's own products stay in the base precision. The choice
+    is set on the modules when the strategy converts the model
+    (:func:`lit_unitscale.unit.use_fp8_matmuls`), so it holds inside FSDP2, ZeRO and
+    ``torch.compile``, and in recomputed forwards.
+
+    Args:
+        base: precision underneath: ``32-true`` (CPU), ``bf16-mixed`` (GPU) or ``bf16-true``.
+        device: autocast device type for ``bf16-mixed`` (``"auto"``: CUDA when available).
+        exclude: glob patterns of module names kept in the base precision (e.g.
+            ``"*.layers.0.*"`` for the first block).
+    """
+
+    adds = "FP8 matmuls"
+
+    def __init__(
+        self, base: FP8Base = "32-true", device: str = "auto", exclude: list[str] | None = None
+    ) -> None:
+        super().__init__(base, device)
+        self.exclude = tuple(exclude or ())
+
+    def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        module = self.base.convert_module(module)
+        use_fp8_matmuls(module, self.exclude)
+        return module
 
 
 class DeepSpeedAccumulationPrecision(DeepSpeedPrecision):
@@ -146,6 +192,8 @@ class DeepSpeedFP8SimPrecision(DeepSpeedAccumulationPrecision):
         base: DeepSpeed precision underneath: ``32-true``, ``bf16-mixed`` or ``bf16-true``.
     """
 
+    adds = "FP8 simulation"
+
     def __init__(self, base: FP8Base = "32-true") -> None:
         super().__init__(base)
 
@@ -157,6 +205,26 @@ class DeepSpeedFP8SimPrecision(DeepSpeedAccumulationPrecision):
     def backward(self, tensor: Tensor, model: Any, optimizer: Any, *args: Any, **kwargs: Any):
         with fp8_matmuls():
             return super().backward(tensor, model, optimizer, *args, **kwargs)
+
+
+class DeepSpeedFP8Precision(DeepSpeedAccumulationPrecision):
+    """:class:`FP8Precision` for DeepSpeed: the same modules multiply in FP8 inside the engine.
+
+    Args:
+        base: DeepSpeed precision underneath: ``32-true``, ``bf16-mixed`` or ``bf16-true``.
+        exclude: glob patterns of module names kept in the base precision.
+    """
+
+    adds = "FP8 matmuls"
+
+    def __init__(self, base: FP8Base = "32-true", exclude: tuple[str, ...] = ()) -> None:
+        super().__init__(base)
+        self.exclude = tuple(exclude)
+
+    def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        module = super().convert_module(module)
+        use_fp8_matmuls(module, self.exclude)
+        return module
 
 
 def check_precision(strategy_name: str, plugin: Precision, accelerator: str) -> None:
@@ -181,8 +249,8 @@ def check_precision(strategy_name: str, plugin: Precision, accelerator: str) -> 
             "is NaN from the second step. Use recipes/precision/fp16-noscale.yaml (fp16 autocast, "
             "fp32 master weights, no loss scaler)."
         )
-    if strategy_name == "deepspeed" and isinstance(plugin, FP8SimPrecision):
-        return  # swapped for DeepSpeedFP8SimPrecision by the DeepSpeed strategy
+    if strategy_name == "deepspeed" and isinstance(plugin, FP8SimPrecision | FP8Precision):
+        return  # swapped for its DeepSpeed twin by the DeepSpeed strategy
     if strategy_name == "deepspeed" and not isinstance(plugin, DeepSpeedPrecision):
         raise PrecisionError(
             f"{type(plugin).__name__} cannot drive DeepSpeed: the engine owns backward and the "

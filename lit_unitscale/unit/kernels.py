@@ -84,9 +84,9 @@ class FP8Gemm:
     def mm(self, a8: Tensor, b8: Tensor, alpha: float, out_dtype: torch.dtype) -> Tensor:
         """``alpha * (a8 @ b8)`` in one ``_scaled_mm`` with fp32 accumulation.
 
-        CUDA's FP8 GEMMs take the left operand row-major, the right one column-major and
-        every dimension a multiple of 16: operands are laid out and zero-padded to suit
-        (zeros add nothing to a dot product), and the result is cut back.
+        FP8 GEMMs take the left operand row-major and the right one column-major, and on CUDA
+        every dimension a multiple of 16: operands are laid out, and there zero-padded (zeros
+        add nothing to a dot product), and the result is cut back.
 
         Args:
             a8: ``(m, k)`` FP8 operand.
@@ -95,8 +95,12 @@ class FP8Gemm:
             out_dtype: dtype of the result.
         """
         m, n = a8.shape[0], b8.shape[1]
+        # Row-major left, column-major right: CUDA's kernels and every compiled lowering
+        # require it (free in forward, where the weight's transpose already is column-major).
+        a8 = a8 if a8.is_contiguous() else a8.contiguous()
+        b8 = b8 if b8.t().is_contiguous() else b8.t().contiguous().t()
         if self.align or (self.align is None and a8.device.type in ("cuda", "meta")):
-            a8, b8 = _pad_to_16(a8.contiguous()), _pad_to_16(b8.t().contiguous()).t()
+            a8, b8 = _pad_to_16(a8), _pad_to_16(b8.t()).t()
         one = torch.ones((), device=a8.device, dtype=torch.float32)
         out = torch._scaled_mm(
             a8,

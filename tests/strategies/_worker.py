@@ -133,6 +133,10 @@ def run_job(job: dict[str, Any], out: Path, rank: int) -> None:
         result["global_step"] = trainer.global_step
         result["world_size"] = trainer.world_size
         result["precision"] = type(trainer.precision_plugin).__name__
+        # Hidden linears set to real FP8 inside the strategy's wrapped model.
+        result["fp8_linears"] = sum(
+            getattr(m, "matmul", None) == "fp8" for m in trainer.lightning_module.modules()
+        )
         result["strategy"] = type(trainer.strategy).__name__
     except BaseException as error:  # recorded for the test to show
         result["error"] = "".join(traceback.format_exception(error))[-4000:]

@@ -68,6 +68,9 @@ TWO_JOBS = [
     *_main("zero3", "recipes/strategy/deepspeed-zero3.yaml"),
     _precision("ddp-fp16-noscale", "ddp", "fp16-noscale"),
     _precision("ddp-fp8-sim", "ddp", "fp8-sim"),
+    _precision("ddp-fp8", "ddp", "fp8"),
+    _precision("fsdp2-fp8", "fsdp", "fp8"),
+    _precision("zero3-fp8", "deepspeed-zero3", "fp8"),
     _precision(
         "fsdp2-bf16-mixed-policy",
         "fsdp",
@@ -110,6 +113,9 @@ PRECISION_PLUGINS = {
     "fsdp2-fp8-sim-bf16-checkpointed": "FP8SimPrecision",
     "zero2-bf16-mixed": "DeepSpeedAccumulationPrecision",
     "zero3-fp8-sim": "DeepSpeedFP8SimPrecision",
+    "ddp-fp8": "FP8Precision",
+    "fsdp2-fp8": "FP8Precision",
+    "zero3-fp8": "DeepSpeedFP8Precision",
     "zero3-offload-fp32": "DeepSpeedAccumulationPrecision",
 }
 
@@ -244,6 +250,9 @@ def test_precision_strategy_combinations_train(runs, name: str) -> None:
         assert record["precision"] == PRECISION_PLUGINS[name]
         assert record["global_step"] == 3
         assert all(math.isfinite(loss) for _, loss in record["losses"])
+        # The tiny recipe's 2 blocks: attention's q, kv and o, the MLP's up and down.
+        fp8 = record["precision"].endswith("FP8Precision")
+        assert record["fp8_linears"] == (5 * 2 if fp8 else 0)
     losses = _step_losses(records)
     # Before the first update only rounding separates them from fp32.
     assert losses[0] == pytest.approx(ref_first, rel=0.02)
