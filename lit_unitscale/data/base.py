@@ -78,9 +78,9 @@ class _MarkedCollate:
 
 
 class BaseDataModule(LightningDataModule):
-    """Loaders and lazy preparation. Subclasses implement `_prepare()`, which fills
-    `self._datasets` ({"train", "valid", "test"} → map-style dataset) and anything the public
-    properties read; it runs once, on first access of a property or in `prepare_data`/`setup`.
+    """Loaders and lazy preparation. Subclasses implement ``_prepare()``, which fills
+    ``self._datasets`` ({"train", "valid", "test"} → map-style dataset) and anything the public
+    properties read; it runs once, on first access of a property or in ``prepare_data``/``setup``.
     Every step it takes is cached on disk under a file lock, so all DDP ranks may run it."""
 
     def __init__(self, batch_size: int, num_workers: int, seed: int) -> None:
@@ -124,7 +124,7 @@ class BaseDataModule(LightningDataModule):
         self._ensure_prepared()
 
     def _collate(self, split: str) -> Callable | None:
-        """The collate function for `split` (None: default collation)."""
+        """The collate function for ``split`` (None: default collation)."""
         return None
 
     def _eval_replicas(self) -> dict[str, int] | None:
@@ -184,7 +184,7 @@ class BaseDataModule(LightningDataModule):
 
 class TokenizedDataModule(BaseDataModule):
     """A datamodule whose text goes through an HF tokenizer, trained here or loaded by path.
-    Subclasses set `self._tokenizer` and `self._tokenizer_file` in `_prepare()`."""
+    Subclasses set ``self._tokenizer`` and ``self._tokenizer_file`` in ``_prepare()``."""
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -230,8 +230,8 @@ def resolve_tokenizer(
     training_text: Callable[[], Sequence[str]],
     required_tokens: Sequence[str] = SPECIAL_TOKENS,
 ) -> tuple[Tokenizer, Path]:
-    """Load `tokenizer_path` if given, else train (or find cached) a `kind` tokenizer on
-    `training_text()`. Returns the tokenizer and its tokenizer.json path."""
+    """Load ``tokenizer_path`` if given, else train (or find cached) a ``kind`` tokenizer on
+    ``training_text()``. Returns the tokenizer and its tokenizer.json path."""
     if tokenizer_path is not None:
         path = Path(tokenizer_path).expanduser()
     else:

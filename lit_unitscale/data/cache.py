@@ -1,6 +1,6 @@
 """The on-disk cache shared by every process: corpora fetched from packages and trained
 tokenizers live here. Several processes (DDP ranks, parallel runs) may fill it at once, so every
-write happens under an exclusive file lock, into a temporary file that `os.replace` then moves
+write happens under an exclusive file lock, into a temporary file that ``os.replace`` then moves
 into place: a reader never sees a half-written file."""
 
 import fcntl
@@ -14,14 +14,14 @@ CACHE_ENV = "LIT_UNITSCALE_CACHE"
 
 
 def cache_root() -> Path:
-    """`$LIT_UNITSCALE_CACHE` if set, else `~/.cache/lit_unitscale`."""
+    """``$LIT_UNITSCALE_CACHE`` if set, else ``~/.cache/lit_unitscale``."""
     root = os.environ.get(CACHE_ENV)
     return Path(root).expanduser() if root else Path.home() / ".cache" / "lit_unitscale"
 
 
 @contextmanager
 def file_lock(target: Path) -> Iterator[None]:
-    """Hold an exclusive lock tied to `target` (a sibling `<name>.lock` file) for the block."""
+    """Hold an exclusive lock tied to ``target`` (a sibling ``<name>.lock`` file) for the block."""
     target.parent.mkdir(parents=True, exist_ok=True)
     lock_path = target.with_name(target.name + ".lock")
     with open(lock_path, "a") as handle:
@@ -33,7 +33,7 @@ def file_lock(target: Path) -> Iterator[None]:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either the old file or the whole new one."""
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -46,9 +46,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def cached_file(path: Path, build: Callable[[Path], None]) -> Path:
-    """Return `path`, first creating it with `build(tmp_path)` if missing.
+    """Return ``path``, first creating it with ``build(tmp_path)`` if missing.
 
-    `build` writes to a temporary path in the same folder; the result is moved into place
+    ``build`` writes to a temporary path in the same folder; the result is moved into place
     atomically under the lock, so concurrent callers build it once and all see the whole file.
     """
     if path.exists():

@@ -5,7 +5,7 @@ from lit_unitscale.errors import LitUnitscaleError
 
 
 class DataError(LitUnitscaleError):
-    """Base class of every error raised by `lit_unitscale.data`."""
+    """Base class of every error raised by ``lit_unitscale.data``."""
 
 
 class DataNotFoundError(DataError, FileNotFoundError):

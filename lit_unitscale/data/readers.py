@@ -1,5 +1,5 @@
 """Readers for the file formats users point at by path: plain text, TSV (label, text), CoNLL
-(token ... tag) and CMUdict-style pronouncing dictionaries. Each raises a `DataError` naming the
+(token ... tag) and CMUdict-style pronouncing dictionaries. Each raises a ``DataError`` naming the
 file and what was expected."""
 
 import re
@@ -9,7 +9,7 @@ from lit_unitscale.data.errors import DataFormatError, DataNotFoundError, EmptyD
 
 
 def existing_path(path: str | Path, expected: str) -> Path:
-    """`path` as a Path, or `DataNotFoundError` saying what should have been there."""
+    """``path`` as a Path, or ``DataNotFoundError`` saying what should have been there."""
     resolved = Path(path).expanduser()
     if not resolved.exists():
         raise DataNotFoundError(f"Data path {resolved} does not exist; expected {expected}.")
@@ -29,7 +29,7 @@ def read_lines(path: Path) -> list[str]:
 
 
 def text_files(folder: Path) -> list[Path]:
-    """The `.txt` files of a folder, sorted by name."""
+    """The ``.txt`` files of a folder, sorted by name."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix == ".txt")
     if not files:
         raise EmptyDataError(f"Data folder {folder} holds no .txt files; expected text files.")
@@ -37,7 +37,7 @@ def text_files(folder: Path) -> list[Path]:
 
 
 def read_tsv(path: Path) -> list[tuple[str, str]]:
-    """(label, text) pairs from lines `label<TAB>text`; no header line."""
+    """(label, text) pairs from lines ``label<TAB>text``; no header line."""
     rows = []
     for number, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
@@ -55,7 +55,7 @@ def read_conll(path: Path) -> list[tuple[list[str], list[str]]]:
     """Sentences as (tokens, tags) from a CoNLL file.
 
     One token per line: the token in the first column, its tag in the last (columns split by
-    tabs or spaces); a blank line ends a sentence; `-DOCSTART-` lines are skipped.
+    tabs or spaces); a blank line ends a sentence; ``-DOCSTART-`` lines are skipped.
     """
     sentences: list[tuple[list[str], list[str]]] = []
     tokens: list[str] = []
@@ -87,9 +87,9 @@ _STRESS = re.compile(r"\d+$")
 
 
 def read_pronunciations(path: Path, keep_stress: bool = False) -> dict[str, list[list[str]]]:
-    """A CMUdict-style dictionary: `word PH1 PH2 ...` per line, variants written `word(2)`,
-    `#` starts a comment. Returns each lowercase word with its distinct pronunciations, in file
-    order; stress digits are stripped from vowels unless `keep_stress`."""
+    """A CMUdict-style dictionary: ``word PH1 PH2 ...`` per line, variants written ``word(2)``,
+    ``#`` starts a comment. Returns each lowercase word with its distinct pronunciations, in file
+    order; stress digits are stripped from vowels unless ``keep_stress``."""
     entries: dict[str, list[list[str]]] = {}
     for number, line in enumerate(read_text(path).splitlines(), start=1):
         line = line.split("#", 1)[0].strip()

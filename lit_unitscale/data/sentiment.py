@@ -19,7 +19,7 @@ MR_FILE = "movieReviewSnippets_GroundTruth.txt"
 
 
 def read_mr(path: Path) -> list[tuple[str, str]]:
-    """(label, text) from the MR ground-truth TSV `id, mean rating -4..+4, text`: positive
+    """(label, text) from the MR ground-truth TSV ``id, mean rating -4..+4, text``: positive
     rating → "positive", negative → "negative"; the 37 sentences rated exactly 0 have no
     polarity and are dropped (10,605 → 10,568)."""
     rows = []
@@ -61,8 +61,8 @@ class SentimentData(TokenizedDataModule):
 
     MR ships as one file; it is split 80/10/10 by the stable hash of (split_seed, row), so the
     split is the same on every machine and library version. Sentences become
-    `[CLS] tokens [SEP]`, truncated to `seq_len`. Batches: `{"input_ids": [B, T] long,
-    "attention_mask": [B, T] bool, "labels": [B] long}`.
+    ``[CLS] tokens [SEP]``, truncated to ``seq_len``. Batches: ``{"input_ids": [B, T] long,
+    "attention_mask": [B, T] bool, "labels": [B] long}``.
     """
 
     def __init__(
@@ -79,10 +79,10 @@ class SentimentData(TokenizedDataModule):
     ) -> None:
         """
         Args:
-            source: "mr", a TSV file of `label<TAB>text` lines (no header; split 80/10/10), or a
+            source: "mr", a TSV file of ``label<TAB>text`` lines (no header; split 80/10/10), or a
                 folder with train.tsv, valid.tsv (or dev.tsv) and test.tsv.
             tokenizer: "wordpiece" or "bpe" to train on the training split when no
-                `tokenizer_path` is given.
+                ``tokenizer_path`` is given.
             vocab_size: Vocabulary size of the tokenizer to train.
             tokenizer_path: The pretrained encoder's tokenizer.json (fine-tuning); it must
                 contain [PAD] [UNK] [CLS] [SEP] [MASK].
@@ -149,6 +149,6 @@ class SentimentData(TokenizedDataModule):
 
     @property
     def label_names(self) -> list[str]:
-        """Class names; label i of a batch is `label_names[i]`."""
+        """Class names; label i of a batch is ``label_names[i]``."""
         self._ensure_prepared()
         return list(self._label_names)

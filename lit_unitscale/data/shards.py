@@ -46,7 +46,7 @@ def sha256_file(path: Path) -> str:
 
 
 def is_prepared(path: str | Path) -> bool:
-    """True if `path` is a folder written by ``prepare`` (it has a manifest)."""
+    """True if ``path`` is a folder written by ``prepare`` (it has a manifest)."""
     return (Path(path).expanduser() / MANIFEST).is_file()
 
 
@@ -74,7 +74,7 @@ class Manifest:
 
 
 def read_manifest(folder: str | Path) -> Manifest:
-    """The manifest of a prepared folder; one clear `ShardError` if it is missing or unreadable,
+    """The manifest of a prepared folder; one clear ``ShardError`` if it is missing or unreadable,
     or if the tokenizer beside it is not the one the manifest recorded."""
     folder = Path(folder).expanduser()
     path = folder / MANIFEST
@@ -105,7 +105,7 @@ def read_manifest(folder: str | Path) -> Manifest:
 
 
 def check_tokenizer(manifest: Manifest, tokenizer_path: str | Path) -> None:
-    """Raise `TokenizerFileError` unless `tokenizer_path` is the tokenizer the shards were
+    """Raise ``TokenizerFileError`` unless ``tokenizer_path`` is the tokenizer the shards were
     written with (same sha256)."""
     path = Path(tokenizer_path).expanduser()
     if not path.is_file():
@@ -124,7 +124,7 @@ class ShardTokens:
 
     ``len()`` is the token count and slicing ``[a:b]`` returns those ids as an int64 tensor (a
     slice may span chunks). Opening checks every chunk's size and header against ``index.json``;
-    reads check ids against the vocabulary, so a corrupt chunk is one clear `ShardError` rather
+    reads check ids against the vocabulary, so a corrupt chunk is one clear ``ShardError`` rather
     than an index error in the embedding. Picklable for DataLoader workers (maps reopen lazily).
 
     Args:
@@ -249,7 +249,7 @@ class ShardTokens:
 def split_tokens(
     manifest: Manifest, split: str, vocab_size: int | None = None, limit: int | None = None
 ) -> ShardTokens:
-    """The token stream of `split` ("train", "valid" or "test") of a prepared folder."""
+    """The token stream of ``split`` ("train", "valid" or "test") of a prepared folder."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}")
     stream = ShardTokens(manifest.folder / split, manifest.dtype, vocab_size, limit)
@@ -262,7 +262,7 @@ def split_tokens(
 
 
 class MixedBlocks(Dataset):
-    """Training examples drawn from several block datasets by weight, in an epoch of `length`.
+    """Training examples drawn from several block datasets by weight, in an epoch of ``length``.
 
     Dataset c gets a share ``k_c`` of the epoch proportional to its weight (largest remainders
     round it to whole examples). Its examples are spread evenly over it when ``k_c`` is below

