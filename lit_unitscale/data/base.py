@@ -211,7 +211,11 @@ class TokenizedDataModule(BaseDataModule):
 
 
 class ListDataset(Dataset):
-    """A map-style dataset over a list of prepared examples."""
+    """A map-style dataset over a list of prepared examples.
+
+    Args:
+        items: the examples, in order.
+    """
 
     def __init__(self, items: list) -> None:
         self.items = items
@@ -231,7 +235,15 @@ def resolve_tokenizer(
     required_tokens: Sequence[str] = SPECIAL_TOKENS,
 ) -> tuple[Tokenizer, Path]:
     """Load ``tokenizer_path`` if given, else train (or find cached) a ``kind`` tokenizer on
-    ``training_text()``. Returns the tokenizer and its tokenizer.json path."""
+    ``training_text()``. Returns the tokenizer and its tokenizer.json path.
+
+    Args:
+        kind: tokenizer kind to train.
+        vocab_size: vocabulary size to train.
+        tokenizer_path: a tokenizer.json to load instead (None: train or find one).
+        training_text: returns the training lines (called only when training).
+        required_tokens: special tokens the tokenizer must hold.
+    """
     if tokenizer_path is not None:
         path = Path(tokenizer_path).expanduser()
     else:

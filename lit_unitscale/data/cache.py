@@ -21,7 +21,11 @@ def cache_root() -> Path:
 
 @contextmanager
 def file_lock(target: Path) -> Iterator[None]:
-    """Hold an exclusive lock tied to ``target`` (a sibling ``<name>.lock`` file) for the block."""
+    """Hold an exclusive lock tied to ``target`` (a sibling ``<name>.lock`` file) for the block.
+
+    Args:
+        target: the path the lock guards.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     lock_path = target.with_name(target.name + ".lock")
     with open(lock_path, "a") as handle:
@@ -33,7 +37,12 @@ def file_lock(target: Path) -> Iterator[None]:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
+
+    Args:
+        path: the file to write.
+        data: its new content.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -50,6 +59,10 @@ def cached_file(path: Path, build: Callable[[Path], None]) -> Path:
 
     ``build`` writes to a temporary path in the same folder; the result is moved into place
     atomically under the lock, so concurrent callers build it once and all see the whole file.
+
+    Args:
+        path: the file to return or create.
+        build: writes the file's content to the path it is given.
     """
     if path.exists():
         return path

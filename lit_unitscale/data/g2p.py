@@ -19,12 +19,21 @@ ARPABET_CONSONANTS = "B CH D DH F G HH JH K L M N NG P R S SH T TH V W Y Z ZH".s
 
 
 def arpabet(keep_stress: bool) -> list[str]:
+    """The ARPAbet phoneme symbols, sorted.
+
+    Args:
+        keep_stress: list each vowel with its stress digits 0, 1 and 2.
+    """
     vowels = [v + s for v in ARPABET_VOWELS for s in "012"] if keep_stress else ARPABET_VOWELS
     return sorted(vowels + ARPABET_CONSONANTS)
 
 
 class SymbolVocab:
-    """Symbols ↔ ids, with ``<pad>``=0, ``<unk>``=1, ``<bos>``=2, ``<eos>``=3 first."""
+    """Symbols ↔ ids, with ``<pad>``=0, ``<unk>``=1, ``<bos>``=2, ``<eos>``=3 first.
+
+    Args:
+        symbols: the symbols after the four special ones, in id order.
+    """
 
     def __init__(self, symbols: Iterable[str]) -> None:
         specials = [PAD, UNK, BOS, EOS]
@@ -35,11 +44,20 @@ class SymbolVocab:
         return len(self.symbols)
 
     def encode(self, symbols: Iterable[str]) -> list[int]:
+        """Ids of ``symbols``; an unknown symbol is ``<unk>``.
+
+        Args:
+            symbols: the symbols to encode.
+        """
         unk = self.index[UNK]
         return [self.index.get(symbol, unk) for symbol in symbols]
 
     def decode(self, ids: Iterable[int]) -> list[str]:
-        """Symbols up to the first ``<eos>``, skipping ``<pad>`` and ``<bos>``."""
+        """Symbols up to the first ``<eos>``, skipping ``<pad>`` and ``<bos>``.
+
+        Args:
+            ids: the ids to decode.
+        """
         out = []
         for i in ids:
             symbol = self.symbols[int(i)]
@@ -58,6 +76,15 @@ def _pad(rows: Sequence[Sequence[int]], value: int) -> Tensor:
 
 
 class G2PCollator:
+    """Pads a batch of (word index, letters, phonemes): letters for the encoder, ``<bos>`` +
+    phonemes as decoder inputs and phonemes + ``<eos>`` as labels.
+
+    Args:
+        pad_id: id that pads letters and decoder inputs.
+        bos_id: id of ``<bos>``.
+        eos_id: id of ``<eos>``.
+    """
+
     def __init__(self, pad_id: int, bos_id: int, eos_id: int) -> None:
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
 
@@ -144,12 +171,21 @@ class G2PData(BaseDataModule):
 
     def references(self, split: str, index: int) -> list[list[int]]:
         """All pronunciations (phoneme ids, no <bos>/<eos>) of word ``index`` of ``split``, the
-        ``ref_index`` of a batch."""
+        ``ref_index`` of a batch.
+
+        Args:
+            split: "train", "valid" or "test".
+            index: the word's index in the split.
+        """
         self._ensure_prepared()
         return self._references[split][index]
 
     def decode_phonemes(self, ids: Iterable[int]) -> list[str]:
-        """Phoneme symbols of ``ids``, up to the first <eos>, without <pad>/<bos>."""
+        """Phoneme symbols of ``ids``, up to the first <eos>, without <pad>/<bos>.
+
+        Args:
+            ids: phoneme ids.
+        """
         self._ensure_prepared()
         return self.phonemes.decode(ids)
 

@@ -145,7 +145,12 @@ class MaskingCollator:
         return self._generator
 
     def mask(self, ids: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """(masked input ids, labels) for one sequence."""
+        """(masked input ids, labels) for one sequence.
+
+        Args:
+            ids: the sequence's token ids.
+            generator: the random stream the mask is drawn from.
+        """
         chosen = torch.rand(ids.shape, generator=generator) < self.mask_prob
         chosen &= ~torch.isin(ids, self.special_ids)
         action = torch.rand(ids.shape, generator=generator)

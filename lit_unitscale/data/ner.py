@@ -32,6 +32,14 @@ def align_labels(
     The first piece of each word carries the word's tag; its other pieces, [CLS] and [SEP]
     carry -100 (not scored). ``word_ids`` gives each piece's word index, -1 for [CLS]/[SEP].
     Pieces past ``max_len`` are cut (their words are then not scored).
+
+    Args:
+        tokenizer: the sub-word tokenizer.
+        words: the sentence's words.
+        tag_ids: the tag id of each word.
+        cls_id: id of ``[CLS]``.
+        sep_id: id of ``[SEP]``.
+        max_len: longest sequence, ``[CLS]`` and ``[SEP]`` included.
     """
     encoding = tokenizer.encode(words, is_pretokenized=True, add_special_tokens=False)
     ids = encoding.ids[: max_len - 2]
@@ -49,6 +57,13 @@ def align_labels(
 
 
 class TokenCollator:
+    """Pads a batch of (ids, (labels, word ids)) to its longest sentence; padded labels are
+    -100 and padded word ids -1.
+
+    Args:
+        pad_id: id of ``[PAD]``.
+    """
+
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
 

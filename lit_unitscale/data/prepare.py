@@ -104,7 +104,11 @@ def _supported(paths: Sequence[Path], where: str) -> list[Path]:
 
 
 def resolve_inputs(inputs: Sequence[str]) -> list[tuple[Path, str | None]]:
-    """Files to read and the split each belongs to (None: cut 90/5/5 in order), in order."""
+    """Files to read and the split each belongs to (None: cut 90/5/5 in order), in order.
+
+    Args:
+        inputs: named corpora, files, folders or globs.
+    """
     if not inputs:
         raise EmptyDataError("prepare: no --input given.")
     out: list[tuple[Path, str | None]] = []
@@ -237,7 +241,11 @@ def _piece_lines(piece: Piece, text_field: str) -> Iterator[str]:
 def plan_pieces(
     scans: Sequence[tuple[_Scan, str | None]],
 ) -> dict[str, list[Piece]]:
-    """Pieces of each split, in input order (each file's split ranges cut 90/5/5 by units)."""
+    """Pieces of each split, in input order (each file's split ranges cut 90/5/5 by units).
+
+    Args:
+        scans: each input file's scan and its given split (None: cut).
+    """
     out: dict[str, list[Piece]] = {split: [] for split in SPLITS}
     for scan, given in scans:
         if given is not None:

@@ -9,7 +9,12 @@ from lit_unitscale.data.errors import DataFormatError, DataNotFoundError, EmptyD
 
 
 def existing_path(path: str | Path, expected: str) -> Path:
-    """``path`` as a Path, or ``DataNotFoundError`` saying what should have been there."""
+    """``path`` as a Path, or ``DataNotFoundError`` saying what should have been there.
+
+    Args:
+        path: the path a user gave.
+        expected: what should be there, for the error.
+    """
     resolved = Path(path).expanduser()
     if not resolved.exists():
         raise DataNotFoundError(f"Data path {resolved} does not exist; expected {expected}.")
@@ -17,6 +22,11 @@ def existing_path(path: str | Path, expected: str) -> Path:
 
 
 def read_text(path: Path) -> str:
+    """The text of a UTF-8 file (undecodable bytes replaced); ``EmptyDataError`` if it is blank.
+
+    Args:
+        path: the file.
+    """
     text = path.read_text(encoding="utf-8", errors="replace")
     if not text.strip():
         raise EmptyDataError(f"Data file {path} is empty; expected text.")
@@ -24,12 +34,20 @@ def read_text(path: Path) -> str:
 
 
 def read_lines(path: Path) -> list[str]:
-    """Non-blank lines of a text file, stripped of surrounding whitespace."""
+    """Non-blank lines of a text file, stripped of surrounding whitespace.
+
+    Args:
+        path: the file.
+    """
     return [line.strip() for line in read_text(path).splitlines() if line.strip()]
 
 
 def text_files(folder: Path) -> list[Path]:
-    """The ``.txt`` files of a folder, sorted by name."""
+    """The ``.txt`` files of a folder, sorted by name.
+
+    Args:
+        folder: the folder.
+    """
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix == ".txt")
     if not files:
         raise EmptyDataError(f"Data folder {folder} holds no .txt files; expected text files.")
@@ -37,7 +55,11 @@ def text_files(folder: Path) -> list[Path]:
 
 
 def read_tsv(path: Path) -> list[tuple[str, str]]:
-    """(label, text) pairs from lines ``label<TAB>text``; no header line."""
+    """(label, text) pairs from lines ``label<TAB>text``; no header line.
+
+    Args:
+        path: the file.
+    """
     rows = []
     for number, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
@@ -56,6 +78,9 @@ def read_conll(path: Path) -> list[tuple[list[str], list[str]]]:
 
     One token per line: the token in the first column, its tag in the last (columns split by
     tabs or spaces); a blank line ends a sentence; ``-DOCSTART-`` lines are skipped.
+
+    Args:
+        path: the file.
     """
     sentences: list[tuple[list[str], list[str]]] = []
     tokens: list[str] = []
@@ -89,7 +114,12 @@ _STRESS = re.compile(r"\d+$")
 def read_pronunciations(path: Path, keep_stress: bool = False) -> dict[str, list[list[str]]]:
     """A CMUdict-style dictionary: ``word PH1 PH2 ...`` per line, variants written ``word(2)``,
     ``#`` starts a comment. Returns each lowercase word with its distinct pronunciations, in file
-    order; stress digits are stripped from vowels unless ``keep_stress``."""
+    order; stress digits are stripped from vowels unless ``keep_stress``.
+
+    Args:
+        path: the dictionary file.
+        keep_stress: keep the vowels' stress digits.
+    """
     entries: dict[str, list[list[str]]] = {}
     for number, line in enumerate(read_text(path).splitlines(), start=1):
         line = line.split("#", 1)[0].strip()

@@ -21,7 +21,11 @@ MR_FILE = "movieReviewSnippets_GroundTruth.txt"
 def read_mr(path: Path) -> list[tuple[str, str]]:
     """(label, text) from the MR ground-truth TSV ``id, mean rating -4..+4, text``: positive
     rating → "positive", negative → "negative"; the 37 sentences rated exactly 0 have no
-    polarity and are dropped (10,605 → 10,568)."""
+    polarity and are dropped (10,605 → 10,568).
+
+    Args:
+        path: the TSV file.
+    """
     rows = []
     lines = read_text(path).splitlines()
     for number, line in enumerate(lines[1:], start=2):  # line 1 is the header
@@ -40,6 +44,12 @@ def read_mr(path: Path) -> list[tuple[str, str]]:
 
 
 class SequenceCollator:
+    """Pads a batch of (ids, label) to its longest sequence, with an attention mask.
+
+    Args:
+        pad_id: id of ``[PAD]``.
+    """
+
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
 

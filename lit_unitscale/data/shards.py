@@ -38,6 +38,11 @@ class ShardError(DataFormatError):
 
 
 def sha256_file(path: Path) -> str:
+    """The sha256 hex digest of a file, read in 1 MB blocks.
+
+    Args:
+        path: the file.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -46,36 +51,57 @@ def sha256_file(path: Path) -> str:
 
 
 def is_prepared(path: str | Path) -> bool:
-    """True if ``path`` is a folder written by ``prepare`` (it has a manifest)."""
+    """True if ``path`` is a folder written by ``prepare`` (it has a manifest).
+
+    Args:
+        path: the folder.
+    """
     return (Path(path).expanduser() / MANIFEST).is_file()
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """What a prepared folder holds (its ``manifest.json``)."""
+    """What a prepared folder holds (its ``manifest.json``).
+
+    Args:
+        folder: the prepared folder.
+        data: the manifest's content.
+    """
 
     folder: Path
     data: dict[str, Any]
 
     @property
     def tokenizer_file(self) -> Path:
+        """The ``tokenizer.json`` the ids belong to."""
         return self.folder / TOKENIZER_FILE
 
     @property
     def tokenizer_sha256(self) -> str:
+        """The sha256 of the tokenizer the shards were written with."""
         return self.data["tokenizer"]["sha256"]
 
     @property
     def dtype(self) -> np.dtype:
+        """The dtype of the token ids in the chunks."""
         return np.dtype(self.data["dtype"])
 
     def tokens(self, split: str) -> int:
+        """Tokens of a split.
+
+        Args:
+            split: "train", "valid" or "test".
+        """
         return int(self.data["splits"][split]["tokens"])
 
 
 def read_manifest(folder: str | Path) -> Manifest:
     """The manifest of a prepared folder; one clear ``ShardError`` if it is missing or unreadable,
-    or if the tokenizer beside it is not the one the manifest recorded."""
+    or if the tokenizer beside it is not the one the manifest recorded.
+
+    Args:
+        folder: the prepared folder.
+    """
     folder = Path(folder).expanduser()
     path = folder / MANIFEST
     if not folder.exists():
@@ -106,7 +132,12 @@ def read_manifest(folder: str | Path) -> Manifest:
 
 def check_tokenizer(manifest: Manifest, tokenizer_path: str | Path) -> None:
     """Raise ``TokenizerFileError`` unless ``tokenizer_path`` is the tokenizer the shards were
-    written with (same sha256)."""
+    written with (same sha256).
+
+    Args:
+        manifest: the prepared folder's manifest.
+        tokenizer_path: the tokenizer.json a recipe names.
+    """
     path = Path(tokenizer_path).expanduser()
     if not path.is_file():
         raise DataNotFoundError(f"Tokenizer file {path} does not exist; expected a tokenizer.json.")
@@ -249,7 +280,14 @@ class ShardTokens:
 def split_tokens(
     manifest: Manifest, split: str, vocab_size: int | None = None, limit: int | None = None
 ) -> ShardTokens:
-    """The token stream of ``split`` ("train", "valid" or "test") of a prepared folder."""
+    """The token stream of ``split`` ("train", "valid" or "test") of a prepared folder.
+
+    Args:
+        manifest: the prepared folder's manifest.
+        split: "train", "valid" or "test".
+        vocab_size: ids must be below this (None: unchecked).
+        limit: keep only the first this many tokens.
+    """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}")
     stream = ShardTokens(manifest.folder / split, manifest.dtype, vocab_size, limit)

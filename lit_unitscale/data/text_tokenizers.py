@@ -41,6 +41,10 @@ def word_vocabulary(lines: Iterable[str], max_size: int | None = None) -> list[s
     ``<unk>`` is always in the vocabulary (PTB already has it in its text); with ``max_size`` the
     rarest words are dropped and will encode as ``<unk>``. ``lines`` may be a stream: memory grows
     with the vocabulary, not with the text.
+
+    Args:
+        lines: the training lines.
+        max_size: keep at most this many words (None: all).
     """
     counts: Counter[str] = Counter()
     n_lines = 0
@@ -57,6 +61,12 @@ def word_vocabulary(lines: Iterable[str], max_size: int | None = None) -> list[s
 
 
 def build_word_tokenizer(lines: Iterable[str], vocab_size: int | None = None) -> Tokenizer:
+    """A whitespace word-level tokenizer over ``word_vocabulary(lines, vocab_size)``.
+
+    Args:
+        lines: the training lines.
+        vocab_size: keep at most this many words (None: all).
+    """
     vocab = {word: i for i, word in enumerate(word_vocabulary(lines, vocab_size))}
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=WORD_UNK))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -66,6 +76,13 @@ def build_word_tokenizer(lines: Iterable[str], vocab_size: int | None = None) ->
 def train_subword_tokenizer(
     kind: Literal["bpe", "wordpiece"], lines: Iterable[str], vocab_size: int
 ) -> Tokenizer:
+    """A byte-level BPE or WordPiece tokenizer trained on ``lines``, special tokens first.
+
+    Args:
+        kind: "bpe" or "wordpiece".
+        lines: the training lines.
+        vocab_size: vocabulary size to train.
+    """
     if kind == "bpe":
         tokenizer = Tokenizer(models.BPE(unk_token=UNK))
         # add_prefix_space: a word gets the same tokens at the start of a line as inside it,
@@ -94,7 +111,13 @@ def train_subword_tokenizer(
 
 
 def tokenizer_cache_path(kind: str, lines: Sequence[str], vocab_size: int | None) -> Path:
-    """Where the tokenizer trained on ``lines`` with these settings is cached."""
+    """Where the tokenizer trained on ``lines`` with these settings is cached.
+
+    Args:
+        kind: tokenizer kind.
+        lines: the training lines.
+        vocab_size: vocabulary size.
+    """
     digest = hashlib.sha256(f"{_RECIPE_VERSION}|{kind}|{vocab_size}|".encode())
     for line in lines:
         digest.update(line.encode("utf-8"))
@@ -103,7 +126,13 @@ def tokenizer_cache_path(kind: str, lines: Sequence[str], vocab_size: int | None
 
 
 def cached_tokenizer(kind: TokenizerKind, lines: Sequence[str], vocab_size: int | None) -> Path:
-    """Path of a tokenizer.json trained on ``lines``, training and caching it on first use."""
+    """Path of a tokenizer.json trained on ``lines``, training and caching it on first use.
+
+    Args:
+        kind: tokenizer kind.
+        lines: the training lines.
+        vocab_size: vocabulary size (word: None keeps every word).
+    """
 
     def build(tmp: Path) -> None:
         if kind == "word":
@@ -117,7 +146,12 @@ def cached_tokenizer(kind: TokenizerKind, lines: Sequence[str], vocab_size: int 
 
 def load_tokenizer(path: str | Path, required_tokens: Sequence[str] = ()) -> Tokenizer:
     """Load a tokenizer.json, raising one clear ``DataError`` if it is missing, corrupt, or lacks
-    any of ``required_tokens``."""
+    any of ``required_tokens``.
+
+    Args:
+        path: the tokenizer.json.
+        required_tokens: special tokens it must hold.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataNotFoundError(f"Tokenizer file {path} does not exist; expected a tokenizer.json.")
@@ -138,6 +172,12 @@ def load_tokenizer(path: str | Path, required_tokens: Sequence[str] = ()) -> Tok
 
 
 def token_id(tokenizer: Tokenizer, token: str) -> int:
+    """The id of ``token``; ``TokenizerFileError`` if the vocabulary lacks it.
+
+    Args:
+        tokenizer: the tokenizer.
+        token: the token.
+    """
     index = tokenizer.token_to_id(token)
     if index is None:
         raise TokenizerFileError(f"The tokenizer has no {token} token.")
@@ -145,5 +185,9 @@ def token_id(tokenizer: Tokenizer, token: str) -> int:
 
 
 def is_word_level(tokenizer: Tokenizer) -> bool:
-    """True for the word-level tokenizers built here (they end lines with ``<eos>``)."""
+    """True for the word-level tokenizers built here (they end lines with ``<eos>``).
+
+    Args:
+        tokenizer: the tokenizer.
+    """
     return json.loads(tokenizer.to_str())["model"]["type"] == "WordLevel"
