@@ -11,10 +11,17 @@ Parts (``--parts``, comma-separated):
   machine has no network for the corpus) in bf16-mixed and fp16-noscale (fp16 autocast, no loss
   scaler): tokens/s and MFU (6·parameters + attention FLOPs per token over the device's peak).
 - ``fsdp2``: the same model under FSDP2 on every GPU (meta-device build, the strategy's
-  mixed-precision policy): tokens/s per GPU, MFU, peak memory.
+  mixed-precision policy), in bf16-mixed and with real FP8 matmuls: tokens/s per GPU, MFU, peak
+  memory.
 - ``fsdp2_dtypes``: the dtypes FSDP2 all-gathers and reduce-scatters in under 32-true and
   bf16-mixed (expected: fp32/fp32 and bf16/fp32).
 - ``fp8``: ``torch._scaled_mm`` (E4M3 × E4M3) against a bf16 matmul: TFLOP/s of each.
+- ``fp8_training``: training steps in bf16-mixed against bf16-mixed + real FP8 matmuls in every
+  hidden linear (``recipes/precision/fp8.yaml``: static unit scales, no amax), u-μP and SP under
+  the same cast, for the ptb-small shapes and a ~1B decoder (d_model 2048, 16 layers), eager and
+  compiled, interleaved: tokens/s, MFU (against the bf16 peak, as torchtitan reports it) and
+  FP8/bf16 (goal >= 1.3 at d_model 2048); torchao's ``Float8Linear`` on SP beside it where
+  torchao is installed. ``--device cpu --quick`` runs a tiny one, to check the part.
 - ``umup_vs_sp``: a d_model-2048 decoder in bf16-mixed, u-μP and SP steps interleaved (eager,
   and compiled on CUDA): tokens/s, MFU and the u-μP/SP ratio (goal >= 1.00: every unit scale
   rides in a kernel SP runs too). ``--device cpu --quick`` runs a tiny one, to check the part.
@@ -49,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PARTS = (
     "fsdp2_dtypes",
     "fp8",
+    "fp8_training",
     "syncs",
     "throughput",
     "umup_vs_sp",
@@ -328,16 +336,142 @@ def part_fsdp2_dtypes(device: str, steps: int) -> dict[str, Any]:
 
 
 def part_fsdp2(device: str, steps: int) -> dict[str, Any]:
+    from lit_unitscale.unit import use_fp8_matmuls
+
     config, shape = _recipe_model("ptb-small")
+    out: dict[str, Any] = {}
     with _process_group(device):
+        for name in ("bf16-mixed", "bf16-mixed+fp8"):
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            model, plugin = _fsdp2_model(config, "bf16-mixed", device)
+            if name.endswith("fp8"):
+                use_fp8_matmuls(model)
+            result = _train_loop(model, plugin, config, shape, steps, device)
+            if device == "cuda":
+                result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+            out[name] = result
+        out["world_size"] = dist.get_world_size()
+    return out
+
+
+def _float8_linear(model: torch.nn.Module) -> str | None:
+    """Convert SP's linears to torchao's dynamic-scaling Float8Linear; None if unavailable."""
+    try:
+        from torchao.float8 import convert_to_float8_training
+    except ImportError:
+        return "torchao not installed"
+    convert_to_float8_training(model)  # type: ignore[arg-type]
+    return None
+
+
+def part_fp8_training(device: str, steps: int) -> dict[str, Any]:
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from lit_unitscale.models import DecoderLM, TransformerConfig
+    from lit_unitscale.unit import param_groups, use_fp8_matmuls
+
+    small = device == "cpu"  # a shape that checks the part, not one that measures
+    recipe, shape = _recipe_model("ptb-small")
+    shapes = {
+        "ptb-small": (recipe, shape),
+        "d2048": (
+            TransformerConfig(
+                vocab_size=32_000,
+                d_model=2048,
+                n_layers=16,
+                n_heads=16,
+                max_seq_len=2048,
+                mlp="swiglu",
+                norm="rms",
+            ),  # fmt: skip
+            {"batch": 4, "seq": 2048},
+        ),
+    }
+    if small:
+        tiny = TransformerConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=2, max_seq_len=32)
+        shapes = {"tiny": (tiny, {"batch": 2, "seq": 32})}
+    modes = ("eager",) if small else ("eager", "compiled")
+    plugin = MixedPrecision("bf16-mixed", device)
+    out: dict[str, Any] = {}
+    for label, (base, shape) in shapes.items():
+        # One model and optimizer per parametrization, shared by its candidates (the matmul
+        # format is switched before each step): ten ~1B models would not fit one GPU.
+        steps_of, flops = {}, {}
+        for p in ("umup", "sp"):
+            config = TransformerConfig(**{**base.__dict__, "parametrization": p})
+            for fmt in ("bf16", "fp8", "torchao-float8") if p == "sp" else ("bf16", "fp8"):
+                torch.manual_seed(0)
+                if fmt != "fp8":  # fp8 reuses the bf16 candidate's model
+                    model = DecoderLM(config).to(device)
+                    opt = torch.optim.AdamW(param_groups(model, 1e-3, parametrization=p))
+                    compiled = torch.compile(model) if "compiled" in modes else None
+                if fmt == "torchao-float8":
+                    missing = "skipped on CPU" if small else _float8_linear(model)
+                    if missing:
+                        for mode in modes:
+                            out.setdefault(label, {})[f"{p}_{fmt}_{mode}"] = missing
+                        continue
+                    compiled = torch.compile(model) if "compiled" in modes else None
+                for mode in modes:
+                    name = f"{p}_{fmt}_{mode}"
+                    flops[name] = _flops_per_token(model, config, shape["seq"])
+                    fwd = compiled if mode == "compiled" else model
+                    matmul = "fp8" if fmt == "fp8" else None
+
+                    def step(model=model, fwd=fwd, opt=opt, matmul=matmul, size=shape):
+                        use_fp8_matmuls(model, matmul=matmul)
+                        vocab = model.config.vocab_size
+                        ids = torch.randint(0, vocab, (size["batch"], size["seq"]), device=device)
+                        with plugin.forward_context():
+                            loss = model.loss(fwd(ids), ids)
+                        loss.backward()
+                        opt.step()
+                        opt.zero_grad(set_to_none=True)
+                        return loss
+
+                    steps_of[name] = step
+        out.setdefault(label, {}).update(_interleaved(steps_of, flops, shape, steps, device))
+        for p in ("umup", "sp"):
+            for mode in modes:
+                bf16, fp8 = out[label].get(f"{p}_bf16_{mode}"), out[label].get(f"{p}_fp8_{mode}")
+                if isinstance(bf16, dict) and isinstance(fp8, dict):
+                    ratio = fp8["tokens_per_s"] / bf16["tokens_per_s"]
+                    out[label][f"{p}_fp8_vs_bf16_{mode}"] = round(ratio, 3)
+        del steps_of
         if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        model, plugin = _fsdp2_model(config, "bf16-mixed", device)
-        result = _train_loop(model, plugin, config, shape, steps, device)
-        result["world_size"] = dist.get_world_size()
-        if device == "cuda":
-            result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-    return result
+            torch.cuda.empty_cache()
+    return out
+
+
+def _interleaved(steps_of, flops, shape, steps: int, device: str) -> dict[str, Any]:
+    """Time candidates in alternation (the order rotating every round), 2 warm-up rounds."""
+    times: dict[str, list[float]] = defaultdict(list)
+    losses: dict[str, float] = {}
+    names = list(steps_of)
+    for r in range(steps + 2):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            loss = steps_of[name]()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if r >= 2:
+                times[name].append(time.perf_counter() - start)
+            losses[name] = float(loss)
+    peak = _peak(device)
+    out = {}
+    for name, ts in times.items():
+        seconds = sorted(ts)[len(ts) // 2]
+        tokens = shape["batch"] * shape["seq"] / seconds
+        out[name] = {
+            "tokens_per_s": round(tokens, 1),
+            "spread_pct": round(100 * (max(ts) - min(ts)) / seconds, 1),
+            "mfu": None if peak is None else round(tokens * flops[name] / (peak * 1e12), 4),
+            "last_loss": round(losses[name], 4),
+        }
+    return out
 
 
 def part_fp8(device: str, steps: int) -> dict[str, Any]:
@@ -455,6 +589,7 @@ def main(argv: list[str] | None = None) -> None:
     runners: dict[str, Callable[[], dict[str, Any]]] = {
         "fsdp2_dtypes": lambda: part_fsdp2_dtypes(args.device, steps),
         "fp8": lambda: part_fp8(args.device, steps),
+        "fp8_training": lambda: part_fp8_training(args.device, steps),
         "syncs": lambda: part_syncs(args.device, steps, root),
         "throughput": lambda: part_throughput(args.device, steps),
         "umup_vs_sp": lambda: part_umup_vs_sp(args.device, steps),

@@ -27,14 +27,16 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 def test_help_lists_every_part() -> None:
     proc = _run("--help")
     assert proc.returncode == 0
-    parts = ("throughput", "umup_vs_sp", "fsdp2", "fsdp2_dtypes", "fp8", "syncs")
+    parts = ("throughput", "umup_vs_sp", "fsdp2", "fsdp2_dtypes", "fp8", "fp8_training", "syncs")
     for part in (*parts, "scale_monitor_offload"):
         assert part in proc.stdout
 
 
 @pytest.mark.slow
 def test_cpu_safe_parts_print_one_json_line() -> None:
-    proc = _run("--device", "cpu", "--parts", "fp8,fsdp2_dtypes,umup_vs_sp", "--quick")
+    proc = _run(
+        "--device", "cpu", "--parts", "fp8,fsdp2_dtypes,umup_vs_sp,fp8_training,fsdp2", "--quick"
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1
@@ -43,6 +45,12 @@ def test_cpu_safe_parts_print_one_json_line() -> None:
     assert result["fsdp2_dtypes"]["32-true"]["in_forward"] == ["float32"]
     assert result["fsdp2_dtypes"]["bf16-mixed"]["in_forward"] == ["bfloat16"]
     assert result["umup_vs_sp"]["umup_vs_sp_eager"] > 0, result["umup_vs_sp"]
+    tiny = result["fp8_training"]["tiny"]
+    for name in ("umup_bf16_eager", "umup_fp8_eager", "sp_bf16_eager", "sp_fp8_eager"):
+        assert tiny[name]["tokens_per_s"] > 0 and 0 < tiny[name]["last_loss"] < 10, (name, tiny)
+    assert tiny["umup_fp8_vs_bf16_eager"] > 0
+    for name in ("bf16-mixed", "bf16-mixed+fp8"):
+        assert 0 < result["fsdp2"][name]["loss"] < 20, result["fsdp2"]
 
 
 def test_gpu_parts_refused_in_one_line_without_cuda() -> None:
