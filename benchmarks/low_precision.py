@@ -107,7 +107,8 @@ def fp8_range(run_dir: Path) -> dict:
         for tensors in record["layers"].values():
             for tensor, values in tensors.items():
                 for stat, value in values.items():
-                    if stat != "rms" and math.isfinite(value):
+                    # Histograms (dicts) sit beside the shares; only the shares are summed.
+                    if stat != "rms" and isinstance(value, int | float) and math.isfinite(value):
                         kinds.setdefault(tensor, {}).setdefault(stat, []).append(value)
         out[f"step {record['step']}"] = {
             tensor: {stat: round(100 * sum(v) / len(v), 3) for stat, v in stats.items()}

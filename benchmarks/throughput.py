@@ -152,6 +152,9 @@ def point(args, d: int, seq: int) -> dict:
     batch = max(1, args.tokens // seq)
     shape = dict(d=d, layers=args.layers, vocab=args.vocab, seq=seq)
     ids = torch.randint(0, args.vocab, (batch, seq), generator=torch.Generator().manual_seed(0))
+    # Each point compiles new models of the same code: past dynamo's recompile limit (8) a
+    # later point's "compiled" candidates would silently run eager. Start every point afresh.
+    torch._dynamo.reset()
     steps = {}
     for mode in args.modes.split(","):
         for p in ("umup", "sp"):
