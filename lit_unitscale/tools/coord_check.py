@@ -91,7 +91,7 @@ def run_coord_check(
         for width in widths:
             config = dataclasses.replace(task.config, d_model=width, parametrization=p)
             # Constant LR from step 0: a warmup would leave the first steps at LR ~ 0.
-            copy = task.replicate(model=config, warmup_steps=0, schedule="constant")
+            copy = task.untrained_copy(model=config, warmup_steps=0, schedule="constant")
             results[p][width] = _activation_rms(copy, datamodule, steps, seed)
     return results
 

@@ -1,7 +1,8 @@
 """Tokenize a corpus once into token shards: ``python -m lit_unitscale prepare``.
 
     python -m lit_unitscale prepare --input PATH [PATH ...] --out DIR
-        [--tokenizer bpe|word|FILE.json] [--vocab-size N] [--workers N]
+        [--tokenizer bpe|wordpiece|word|FILE.json] [--vocab-size N] [--workers N]
+        [--text-field NAME] [--unk-word WORD]
 
 A recipe then trains on the folder with ``data.init_args.corpus: DIR``. See docs/data.md.
 """
@@ -26,6 +27,7 @@ def run(
     vocab_size: int | None = None,
     workers: int | None = None,
     text_field: str = "text",
+    unk_word: str | None = None,
 ) -> dict:
     """Prepare `inputs` into `out`; returns the manifest.
 
@@ -33,10 +35,13 @@ def run(
         inputs: named corpora (ptb, shakespeare, english-mix, ...), text files, folders or globs
             of .txt, .jsonl or .parquet files.
         out: folder to write the shards, tokenizer.json and manifest.json into.
-        tokenizer: bpe or word (trained on the training split), or a tokenizer.json.
+        tokenizer: bpe, wordpiece (for masked-LM encoders) or word, trained on the training
+            split, or a tokenizer.json used as it is.
         vocab_size: vocabulary size to train (bpe: 8192; word: every training word).
         workers: tokenizing processes (default: all CPUs).
         text_field: the text field of .jsonl records and .parquet rows.
+        unk_word: a word the text writes for unknown words (PTB's <unk>), encoded as the
+            tokenizer's [UNK] instead of as pieces.
     """
     from lit_unitscale.data.prepare import prepare
 
@@ -45,7 +50,9 @@ def run(
     if workers is not None and workers < 1:
         raise PrepareError(f"prepare: --workers must be >= 1, got {workers}")
     try:
-        manifest = prepare(inputs, out, tokenizer, vocab_size, workers, text_field=text_field)
+        manifest = prepare(
+            inputs, out, tokenizer, vocab_size, workers, text_field=text_field, unk_word=unk_word
+        )
     except DataError as error:
         raise PrepareError(f"prepare: {error}") from None
     return manifest.data
@@ -70,7 +77,11 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("--out", type=str, required=True, metavar="DIR", help=docs["out"])
     parser.add_argument(
-        "--tokenizer", type=str, default="bpe", metavar="bpe|word|FILE.json", help=docs["tokenizer"]
+        "--tokenizer",
+        type=str,
+        default="bpe",
+        metavar="bpe|wordpiece|word|FILE.json",
+        help=docs["tokenizer"],
     )
     parser.add_argument(
         "--vocab-size", type=int | None, default=None, metavar="N", help=docs["vocab_size"]
@@ -79,6 +90,7 @@ def build_parser() -> ArgumentParser:
         "--workers", type=int | None, default=None, metavar="N", help=docs["workers"]
     )
     parser.add_argument("--text-field", type=str, default="text", help=docs["text_field"])
+    parser.add_argument("--unk-word", type=str | None, default=None, help=docs["unk_word"])
     return parser
 
 
@@ -90,7 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = parse_arguments(build_parser(), argv, PrepareError, "prepare")
     manifest = run(
-        args.input, args.out, args.tokenizer, args.vocab_size, args.workers, args.text_field
+        args.input,
+        args.out,
+        args.tokenizer,
+        args.vocab_size,
+        args.workers,
+        args.text_field,
+        args.unk_word,
     )
     splits = ", ".join(f"{s} {v['tokens']:,}" for s, v in manifest["splits"].items())
     print(f"prepared {args.out}: tokens {splits}; vocabulary {manifest['tokenizer']['vocab_size']}")

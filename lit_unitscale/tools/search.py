@@ -171,7 +171,7 @@ def apply_settings(task: Any, settings: Settings) -> Any:
             model[k] = v
         else:
             hparams[k] = v
-    return task.replicate(model=dataclasses.replace(config, **model), **hparams)
+    return task.untrained_copy(model=dataclasses.replace(config, **model), **hparams)
 
 
 def train_point(

@@ -273,6 +273,23 @@ def test_prepare_cli_writes_a_folder_a_recipe_trains_on(tmp_path, fixtures):
         assert torch.equal(direct.tokens[split].tensor(), streamed.tokens[split].tensor())
 
 
+def test_prepare_cli_wordpiece_reads_the_unknown_word_as_unk(tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text("the cat <unk> sat on the mat\n" * 40)
+    out = tmp_path / "out"
+    result = _cli(
+        "--input", str(text), "--out", str(out), "--tokenizer", "wordpiece",
+        "--vocab-size", "60", "--unk-word", "<unk>", "--workers", "1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    from tokenizers import Tokenizer
+
+    unk = Tokenizer.from_file(str(out / "tokenizer.json")).token_to_id("[UNK]")
+    ids = CausalLMData(corpus=str(out), seq_len=8).tokens["train"].tensor().tolist()
+    # 7 words a line, one of them <unk>; the training split is the first 90 % of the lines.
+    assert ids.count(unk) == len(ids) // 7 > 0
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     sizes=st.lists(st.integers(1, 50), min_size=1, max_size=4),
