@@ -1,13 +1,16 @@
-"""Step cost and peak memory of each precision: fp32, bf16-mixed, fp16 with no loss scaler and
-FP8 simulation, for the u-μP decoder, in one process.
+"""Step cost and peak memory of each precision: fp32, bf16-mixed, fp16 with no loss scaler, FP8
+simulation and real FP8 matmuls (``recipes/precision/fp8.yaml``), for the u-μP decoder.
 
 Times: the four configurations alternate (forward + backward + AdamW step on the same batch),
 median of ``--repeats``; ratios are against fp32. Peak memory: each configuration runs again in
 a fresh process of its own, which reports its peak RSS (``VmHWM``), so one configuration's
-peak cannot hide another's.
+peak cannot hide another's. Saved for backward: the bytes autograd keeps from one step's
+forward (each storage once, parameters and inputs not counted), where FP8 saves its casts.
 
     python benchmarks/precision_cost.py --quick    # ~1 minute, one JSON line
     python benchmarks/precision_cost.py            # the documented numbers (ptb-tiny's shape)
+    python benchmarks/precision_cost.py --d-model 256 --layers 4 --batch 32 --seq 128 \
+        --precisions fp32 fp8                      # ptb-small's shape
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ import torch
 
 from benchmarks.common import add_shape_args, emit, interleaved_medians, machine, shape_of
 from lit_unitscale.models import DecoderLM, TransformerConfig
-from lit_unitscale.unit import fp8, param_groups
+from lit_unitscale.unit import fp8, param_groups, use_fp8_matmuls
 
-PRECISIONS = ("fp32", "bf16-mixed", "fp16-noscale", "fp8-sim")
+PRECISIONS = ("fp32", "bf16-mixed", "fp16-noscale", "fp8-sim", "fp8")
 
 
 def context(precision: str) -> contextlib.AbstractContextManager:
@@ -41,8 +44,7 @@ def context(precision: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def make_step(precision: str, shape: dict, batch: int) -> Callable[[], None]:
-    """One training step of a fresh u-μP decoder under ``precision``."""
+def _model(precision: str, shape: dict) -> DecoderLM:
     torch.manual_seed(0)
     config = TransformerConfig(
         vocab_size=shape["vocab"],
@@ -52,6 +54,35 @@ def make_step(precision: str, shape: dict, batch: int) -> Callable[[], None]:
         max_seq_len=shape["seq"],
     )
     model = DecoderLM(config)
+    if precision == "fp8":
+        use_fp8_matmuls(model)  # what FP8Precision does when the strategy converts the model
+    return model
+
+
+def saved_for_backward_mib(precision: str, shape: dict, batch: int) -> float:
+    """Bytes autograd keeps from one forward, each storage once, parameters and ids excluded."""
+    model = _model(precision, shape)
+    ids = torch.randint(0, shape["vocab"], (batch, shape["seq"]))
+    seen = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen.add(ids.untyped_storage().data_ptr())
+    total = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total[0] += storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), context(precision):
+        loss = model.loss(model(ids), ids)
+    del loss
+    return total[0] / 2**20
+
+
+def make_step(precision: str, shape: dict, batch: int) -> Callable[[], None]:
+    """One training step of a fresh u-μP decoder under ``precision``."""
+    model = _model(precision, shape)
     opt = torch.optim.AdamW(param_groups(model, 1e-3))
     ids = torch.randint(0, shape["vocab"], (batch, shape["seq"]))
 
@@ -116,6 +147,7 @@ def main() -> None:
             "cost_vs_fp32": round(t["median_s"] / base, 3),
             "spread_pct": round(100 * (t["max_s"] - t["min_s"]) / t["median_s"], 1),
             "peak_rss_mib": round(peak_rss_mib(p, shape, args.batch, 2), 1),
+            "saved_for_backward_mib": round(saved_for_backward_mib(p, shape, args.batch), 1),
         }
         for p, t in timings.items()
     }
