@@ -25,7 +25,6 @@ import torch
 from torch import Tensor
 
 from lit_unitscale.unit.fp8 import E4M3, E5M2, FP8Format
-from lit_unitscale.unit.scale import scale
 
 MatmulFormat = Literal["fp8"] | None
 """How a linear multiplies: ``"fp8"`` (real FP8 GEMMs) or None (the working precision)."""
@@ -263,9 +262,14 @@ def fp8_linear(
     output_mult: float = 1.0,
     grad_input_mult: float = 1.0,
 ) -> Tensor:
-    """A linear whose three GEMMs run in real FP8 (:data:`FP8`), with the numbers of the FP8
-    simulation of the same op: the input and weight rounded to E4M3 as the simulation rounds
-    them, the output's gradient to E5M2, every scale an argument of ``_scaled_mm``.
+    """A linear whose three GEMMs run in real FP8 (:data:`FP8`): the input and weight rounded
+    to E4M3 and the output's gradient to E5M2 as the FP8 simulation rounds them, every scale
+    an argument of ``_scaled_mm``.
+
+    A neighbour's constant on the input (``input_mult``) rides in the scales too, so the
+    input is cast as it arrives, at its unit scale: no pass of its own, and FP8's range used
+    as the unit-scaling analysis intends. (The simulation, composed op by op, rounds the input
+    after the multiplier; the two agree exactly when it is 1.)
 
     Args:
         input: ``(..., fan_in)`` tensor.
@@ -278,17 +282,13 @@ def fp8_linear(
         output_mult: a factor on the output value only.
         grad_input_mult: a factor on the input's gradient only.
     """
-    if input_mult != 1.0:
-        # The simulation rounds the input after its multiplier, so this casts it after too:
-        # a pass of its own in eager mode, fused into the cast under torch.compile.
-        input = scale(input, fwd=input_mult, bwd=input_mult)
     return scaled_linear(
         input,
         weight,
         bias,
-        output_scale=output_scale * output_mult,
-        grad_input_scale=grad_input_scale * grad_input_mult,
-        grad_weight_scale=grad_weight_scale,
+        output_scale=output_scale * input_mult * output_mult,
+        grad_input_scale=grad_input_scale * input_mult * grad_input_mult,
+        grad_weight_scale=grad_weight_scale * input_mult,
         bias_scale=output_mult,
         grad_bias_scale=grad_weight_scale,
         gemm=FP8,
