@@ -175,7 +175,7 @@ class SequenceClassifier(TransformerModel):
     """Encoder + pooled classification head.
 
     Args:
-        config: model configuration (``num_labels``, ``pooling``).
+        config: model configuration (``num_labels``, ``pooling``, ``pool_norm``).
     """
 
     def __init__(self, config: TransformerConfig) -> None:
@@ -184,7 +184,7 @@ class SequenceClassifier(TransformerModel):
             raise ConfigError("model config: num_labels must be >= 2 for a classifier")
         self.encoder = Encoder(config)
         # Pooling averages correlated tokens and shrinks their scale; a norm restores it.
-        self.pool_norm = make_norm(config)
+        self.pool_norm = make_norm(config) if config.pool_norm else None
         self.head = LinearReadout(
             config.d_model, config.num_labels, parametrization=config.parametrization
         )
@@ -197,7 +197,7 @@ class SequenceClassifier(TransformerModel):
         else:
             m = attention_mask.to(h.dtype)[..., None] if attention_mask is not None else None
             pooled = (h * m).sum(1) / m.sum(1).clamp_min(1) if m is not None else h.mean(1)
-        return self.head(self.pool_norm(pooled))
+        return self.head(self.pool_norm(pooled) if self.pool_norm is not None else pooled)
 
 
 class TokenClassifier(TransformerModel):

@@ -69,6 +69,10 @@ class TransformerConfig:
     """Classification heads only: number of classes."""
     pooling: Literal["cls", "mean"] = "mean"
     """Sequence classification: pool the first token or the mean over real tokens."""
+    pool_norm: bool = True
+    """Sequence classification: normalise the pooled vector before the head (pooling averages
+    correlated tokens and shrinks their scale). False reads the pooled final-norm output out
+    directly, as UltraBERT's classifier does, so the model exports to transformers."""
 
     def __post_init__(self) -> None:
         self.validate()
