@@ -26,7 +26,19 @@ Mappings (each checked against the installed transformers source):
 - ``DecoderLM``, RoPE + LayerNorm + GELU, one key/value head per head →
   ``GPTNeoXForCausalLM`` with sequential residuals (``use_parallel_residual=False``);
 - ``DecoderLM``, learned positions + LayerNorm + GELU, one key/value head per head →
-  ``GPT2LMHeadModel``.
+  ``GPT2LMHeadModel``;
+- ``EncoderMLM`` and ``TokenClassifier``, RoPE + RMSNorm, SwiGLU or GELU →
+  ``EuroBertForMaskedLM`` / ``EuroBertForTokenClassification``: EuroBERT is Llama's stack
+  with bidirectional attention, no norm on the embeddings and a plain linear head, as ours;
+- ``SequenceClassifier``, RoPE + RMSNorm, ``pool_norm=False`` →
+  ``UltrabertForSequenceClassification`` (the same stack; first-token or masked-mean pooling
+  read out by one linear, every layer set to global attention).
+
+What no standard encoder computes: a norm between pooling and the classifier (ours by
+default; ModernBERT's head has one, but ModernBERT also normalises the embeddings, so its
+first layer's skip differs from ours) and LayerNorm encoders (ModernBERT: the same embedding
+norm; ESM: a dense + GELU + LayerNorm transform before the MLM readout; RoBERTa-PreLayerNorm:
+learned absolute positions and an embedding norm).
 
 The constants are read from the model's own modules (a projection applied to the identity is
 its folded weight), so the export follows the unit layer's rules instead of restating them.
@@ -41,7 +53,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lit_unitscale.models.architectures import DecoderLM
+from lit_unitscale.models.architectures import (
+    DecoderLM,
+    EncoderMLM,
+    SequenceClassifier,
+    TokenClassifier,
+    TransformerModel,
+)
 from lit_unitscale.models.config import ConfigError
 from lit_unitscale.models.stack import Block, TransformerStack
 
@@ -55,8 +73,15 @@ class HFExportError(ConfigError):
 EXPORTABLE = (
     "DecoderLM with positions='rope', norm='rms', mlp='swiglu' or 'gelu' (Llama); "
     "positions='rope', norm='layer', mlp='gelu', n_kv_heads=None (GPT-NeoX); or "
-    "positions='learned', norm='layer', mlp='gelu', n_kv_heads=None (GPT-2)"
+    "positions='learned', norm='layer', mlp='gelu', n_kv_heads=None (GPT-2); "
+    "EncoderMLM or TokenClassifier with positions='rope', norm='rms' (EuroBERT); "
+    "SequenceClassifier with positions='rope', norm='rms', pool_norm=False (UltraBERT)"
 )
+ENCODERS = {
+    EncoderMLM: "EuroBertForMaskedLM",
+    TokenClassifier: "EuroBertForTokenClassification",
+    SequenceClassifier: "UltrabertForSequenceClassification",
+}
 
 
 def hf_architecture(model: nn.Module) -> str:
@@ -65,6 +90,8 @@ def hf_architecture(model: nn.Module) -> str:
     Args:
         model: a lit_unitscale model.
     """
+    if type(model) in ENCODERS:
+        return _encoder_architecture(model)
     if not isinstance(model, DecoderLM):
         raise HFExportError(
             f"{type(model).__name__} has no transformers export yet; exportable: {EXPORTABLE}"
@@ -84,6 +111,23 @@ def hf_architecture(model: nn.Module) -> str:
     )
 
 
+def _encoder_architecture(model: nn.Module) -> str:
+    c, name = model.config, type(model).__name__
+    family = "UltraBERT" if isinstance(model, SequenceClassifier) else "EuroBERT"
+    if c.positions != "rope" or c.norm != "rms":
+        raise HFExportError(
+            f"{name} with positions={c.positions!r}, norm={c.norm!r} matches no standard "
+            f"transformers encoder; nearest exportable: positions='rope', norm='rms' ({family})"
+        )
+    if isinstance(model, SequenceClassifier) and c.pool_norm:
+        raise HFExportError(
+            "SequenceClassifier with pool_norm=True (a norm between pooling and the head) "
+            "matches no standard transformers classifier; nearest exportable: the same "
+            "with pool_norm=False (UltraBERT)"
+        )
+    return ENCODERS[type(model)]
+
+
 def _nearest(c) -> str:
     if c.positions == "learned":
         return "positions='learned', norm='layer', mlp='gelu', n_kv_heads=None (GPT-2)"
@@ -99,7 +143,7 @@ def _weight(linear: nn.Module) -> Tensor:
 
 
 @torch.no_grad()
-def _readout(model: DecoderLM) -> Tensor:
+def _readout(model: TransformerModel) -> Tensor:
     return model.head(torch.eye(model.config.d_model)).T.contiguous()
 
 
@@ -211,8 +255,52 @@ def _rope_halves(w: Tensor, heads: int, d_head: int) -> Tensor:
     return w.view(heads, d_head, -1)[:, perm].reshape_as(w)
 
 
+def _llama_config(c, eps: float, rope: dict[str, Any]) -> dict[str, Any]:
+    """The fields Llama and the Llama-style encoders (EuroBERT, UltraBERT) share."""
+    gelu = c.mlp == "gelu"
+    return {
+        "hidden_size": c.d_model,
+        "intermediate_size": c.d_ff,
+        "num_hidden_layers": c.n_layers,
+        "num_attention_heads": c.n_heads,
+        "num_key_value_heads": c.kv_heads,
+        "head_dim": c.d_head,
+        "hidden_act": "gelu" if gelu else "silu",
+        "max_position_embeddings": c.max_seq_len,
+        "rms_norm_eps": eps,
+        "rope_parameters": rope,
+        "attention_bias": False,
+        "mlp_bias": gelu,
+    }
+
+
+def _llama_layers(c, blocks: list[dict[str, Any]], final_norm: Tensor) -> dict[str, Tensor]:
+    """``model.layers.*`` and ``model.norm`` of Llama, EuroBERT and UltraBERT (one layout)."""
+    gelu = c.mlp == "gelu"
+    sd: dict[str, Tensor] = {}
+    for i, blk in enumerate(blocks):
+        p = f"model.layers.{i}."
+        sd[p + "self_attn.q_proj.weight"] = _rope_halves(blk["q"], c.n_heads, c.d_head)
+        sd[p + "self_attn.k_proj.weight"] = _rope_halves(blk["k"], c.kv_heads, c.d_head)
+        sd[p + "self_attn.v_proj.weight"] = blk["v"]
+        sd[p + "self_attn.o_proj.weight"] = blk["o"]
+        sd[p + "mlp.gate_proj.weight"] = blk["mlp_gate"]
+        sd[p + "mlp.down_proj.weight"] = blk["mlp_down"]
+        if gelu:
+            sd[p + "mlp.up_proj.weight"] = torch.zeros_like(blk["mlp_gate"])
+            sd[p + "mlp.up_proj.bias"] = torch.ones(c.d_ff)
+            sd[p + "mlp.gate_proj.bias"] = torch.zeros(c.d_ff)
+            sd[p + "mlp.down_proj.bias"] = torch.zeros(c.d_model)
+        else:
+            sd[p + "mlp.up_proj.weight"] = blk["mlp_up"]
+        sd[p + "input_layernorm.weight"] = blk["attn_norm"][0]
+        sd[p + "post_attention_layernorm.weight"] = blk["mlp_norm"][0]
+    sd["model.norm.weight"] = final_norm
+    return sd
+
+
 @torch.no_grad()
-def fold_for_hf(model: DecoderLM) -> tuple[str, dict[str, Any], dict[str, Tensor]]:
+def fold_for_hf(model: TransformerModel) -> tuple[str, dict[str, Any], dict[str, Tensor]]:
     """``(architecture, config kwargs, state dict)`` of the transformers model computing ``model``.
 
     Args:
@@ -221,64 +309,62 @@ def fold_for_hf(model: DecoderLM) -> tuple[str, dict[str, Any], dict[str, Tensor
     architecture = hf_architecture(model)
     model = _cpu_eval_copy(model)
     c = model.config
-    embed = model.decoder.embed
+    backbone = model.decoder if isinstance(model, DecoderLM) else model.encoder
+    embed = backbone.embed
     keep = _eval_dropout(embed, embed.dropout_p)
     table_scale = keep
     if embed.positions is not None:
         table_scale *= _probe(lambda x, y: embed.F.add(x, y), 1.0, 0.0)
     tokens = embed.tokens.weight.detach() * table_scale
     readout = _readout(model)
-    tied = torch.equal(tokens, readout)
-    blocks = _blocks(model.decoder.stack)
-    final_norm = _norm(model.decoder.stack.final_norm, c.d_model)
-    eps = model.decoder.stack.final_norm.eps
+    tied = tokens.shape == readout.shape and torch.equal(tokens, readout)
+    blocks = _blocks(backbone.stack)
+    final_norm = _norm(backbone.stack.final_norm, c.d_model)
+    eps = backbone.stack.final_norm.eps
     common = {
         "vocab_size": c.vocab_size,
         "tie_word_embeddings": tied,
         "architectures": [architecture],
-        # transformers' defaults name GPT-2's own vocabulary; the tokenizer sets ours.
+        # transformers' defaults name their own vocabularies; the tokenizer sets ours.
         "bos_token_id": None,
         "eos_token_id": None,
     }
+    rope = {"rope_type": "default", "rope_theta": 10000.0}
     sd: dict[str, Tensor] = {}
     if architecture == "LlamaForCausalLM":
-        gelu = c.mlp == "gelu"
+        config = {**common, "model_type": "llama", **_llama_config(c, eps, rope)}
+        sd["model.embed_tokens.weight"] = tokens
+        sd.update(_llama_layers(c, blocks, final_norm[0]))
+        sd["lm_head.weight"] = readout
+    elif architecture.startswith(("EuroBert", "Ultrabert")):
+        euro = architecture.startswith("EuroBert")
         config = {
             **common,
-            "model_type": "llama",
-            "hidden_size": c.d_model,
-            "intermediate_size": c.d_ff,
-            "num_hidden_layers": c.n_layers,
-            "num_attention_heads": c.n_heads,
-            "num_key_value_heads": c.kv_heads,
-            "head_dim": c.d_head,
-            "hidden_act": "gelu" if gelu else "silu",
-            "max_position_embeddings": c.max_seq_len,
-            "rms_norm_eps": eps,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
-            "attention_bias": False,
-            "mlp_bias": gelu,
+            "pad_token_id": None,
+            **_llama_config(c, eps, rope if euro else {"full_attention": rope}),
         }
+        if euro:
+            config["model_type"] = "eurobert"
+        else:
+            # Every layer global: UltraBERT's default interleaves windowed layers.
+            config |= {
+                "model_type": "ultrabert",
+                "layer_types": ["full_attention"] * c.n_layers,
+                "classifier_pooling": c.pooling,
+                "classifier_dropout": 0.0,
+            }
+        if not isinstance(model, EncoderMLM):
+            config["num_labels"] = c.num_labels
         sd["model.embed_tokens.weight"] = tokens
-        for i, blk in enumerate(blocks):
-            p = f"model.layers.{i}."
-            sd[p + "self_attn.q_proj.weight"] = _rope_halves(blk["q"], c.n_heads, c.d_head)
-            sd[p + "self_attn.k_proj.weight"] = _rope_halves(blk["k"], c.kv_heads, c.d_head)
-            sd[p + "self_attn.v_proj.weight"] = blk["v"]
-            sd[p + "self_attn.o_proj.weight"] = blk["o"]
-            sd[p + "mlp.gate_proj.weight"] = blk["mlp_gate"]
-            sd[p + "mlp.down_proj.weight"] = blk["mlp_down"]
-            if gelu:
-                sd[p + "mlp.up_proj.weight"] = torch.zeros_like(blk["mlp_gate"])
-                sd[p + "mlp.up_proj.bias"] = torch.ones(c.d_ff)
-                sd[p + "mlp.gate_proj.bias"] = torch.zeros(c.d_ff)
-                sd[p + "mlp.down_proj.bias"] = torch.zeros(c.d_model)
-            else:
-                sd[p + "mlp.up_proj.weight"] = blk["mlp_up"]
-            sd[p + "input_layernorm.weight"] = blk["attn_norm"][0]
-            sd[p + "post_attention_layernorm.weight"] = blk["mlp_norm"][0]
-        sd["model.norm.weight"] = final_norm[0]
-        sd["lm_head.weight"] = readout
+        sd.update(_llama_layers(c, blocks, final_norm[0]))
+        if isinstance(model, EncoderMLM):
+            # EuroBERT's MLM readout has a bias exactly where its MLP has them (mlp_bias).
+            head, with_bias = "lm_head", c.mlp == "gelu"
+        else:
+            head, with_bias = "classifier", True
+        sd[head + ".weight"] = readout
+        if with_bias:
+            sd[head + ".bias"] = torch.zeros(readout.shape[0])
     elif architecture == "GPTNeoXForCausalLM":
         config = {
             **common,
@@ -351,7 +437,7 @@ def fold_for_hf(model: DecoderLM) -> tuple[str, dict[str, Any], dict[str, Tensor
     return architecture, config, {k: v.contiguous() for k, v in sd.items()}
 
 
-def _cpu_eval_copy(model: DecoderLM) -> DecoderLM:
+def _cpu_eval_copy(model: TransformerModel) -> TransformerModel:
     copy = type(model)(model.config)
     copy.load_state_dict({k: v.detach().float().cpu() for k, v in model.state_dict().items()})
     return copy.eval()
@@ -372,7 +458,9 @@ def _special_tokens(tokenizer_json: str) -> dict[str, str]:
     return {role: token for role, token in roles.items() if token in names}
 
 
-def save_hf(model: DecoderLM, out_dir: str | Path, tokenizer_json: str | None = None) -> Path:
+def save_hf(
+    model: TransformerModel, out_dir: str | Path, tokenizer_json: str | None = None
+) -> Path:
     """Write a folder ``transformers`` loads with ``AutoModelFor….from_pretrained`` (no custom
     code), plus the tokenizer as a ``PreTrainedTokenizerFast`` when given.
 
@@ -398,7 +486,9 @@ def save_hf(model: DecoderLM, out_dir: str | Path, tokenizer_json: str | None = 
             model_max_length=model.config.max_seq_len,
             **specials,
         )
-        for role in ("pad", "eos", "bos"):
+        # EuroBERT's config names the mask token too (its default is outside our vocabulary).
+        roles = ("pad", "eos", "bos", "mask") if config_kwargs["model_type"] == "eurobert" else ()
+        for role in roles or ("pad", "eos", "bos"):
             token = specials.get(f"{role}_token")
             if token is not None:
                 config_kwargs[f"{role}_token_id"] = tokenizer.convert_tokens_to_ids(token)
