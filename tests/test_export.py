@@ -106,17 +106,40 @@ def test_hf_export_loads_in_transformers_with_its_tokenizer(trained, tmp_path: P
     assert float((ours_logits - theirs).abs().max() / ours_logits.pow(2).mean().sqrt()) < 1e-4
 
 
-def test_hf_export_refuses_a_model_kind_it_cannot_map_in_one_line(tmp_path: Path, capsys) -> None:
-    pytest.importorskip("transformers")
+def _encoder_checkpoint(path: Path, config: TransformerConfig, tokenizer: str | None = None):
     from lit_unitscale.models.architectures import EncoderMLM
 
-    config = TransformerConfig(vocab_size=11, d_model=16, n_heads=2)
-    checkpoint = tmp_path / "mlm.ckpt"
     state_dict = {f"model.{k}": v for k, v in EncoderMLM(config).state_dict().items()}
-    torch.save(
-        {"state_dict": state_dict, "model_config": config.to_dict(), "architecture": "EncoderMLM"},
-        checkpoint,
+    state = {"state_dict": state_dict, "model_config": config.to_dict()}
+    state |= {"architecture": "EncoderMLM"} | ({"tokenizer": tokenizer} if tokenizer else {})
+    torch.save(state, path)
+    return path
+
+
+def test_hf_export_of_a_masked_lm_loads_with_auto_classes(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    from lit_unitscale.data.text_tokenizers import train_subword_tokenizer
+
+    native = train_subword_tokenizer(
+        "wordpiece", (FIXTURE_TEXT / "train.txt").read_text().splitlines(), vocab_size=120
     )
+    torch.manual_seed(0)
+    config = TransformerConfig(vocab_size=native.get_vocab_size(), d_model=16, n_heads=2)
+    checkpoint = _encoder_checkpoint(tmp_path / "mlm.ckpt", config, native.to_str())
+    out = tmp_path / "hf"
+    assert export([str(checkpoint), str(out), "--format", "hf"]) == 0
+    model = transformers.AutoModelForMaskedLM.from_pretrained(out)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    assert isinstance(model, transformers.EuroBertForMaskedLM)
+    assert tokenizer.mask_token_id == model.config.mask_token_id
+    text = "the cat sat on the mat"
+    assert tokenizer(text)["input_ids"] == native.encode(text).ids
+
+
+def test_hf_export_refuses_a_model_kind_it_cannot_map_in_one_line(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("transformers")
+    config = TransformerConfig(vocab_size=11, d_model=16, n_heads=2, norm="layer")
+    checkpoint = _encoder_checkpoint(tmp_path / "mlm.ckpt", config)
     assert export([str(checkpoint), str(tmp_path / "out"), "--format", "hf"]) == 1
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "EncoderMLM" in err and "exportable: DecoderLM" in err
+    assert len(err.splitlines()) == 1 and "EncoderMLM" in err and "nearest exportable" in err
