@@ -11,8 +11,10 @@ folder of shards or a DeepSpeed folder; sharded ones are consolidated first. OUT
 tensors and plain containers (``torch.load(weights_only=True)``).
 
 ``--format hf`` instead writes a standard transformers model (u-μP constants folded into its
-weights, see :mod:`lit_unitscale.models.hf`) that ``AutoModelForCausalLM.from_pretrained(OUT_DIR)``
-loads without custom code, with the tokenizer as a ``PreTrainedTokenizerFast``.
+weights, see :mod:`lit_unitscale.models.hf`) that ``AutoModelForCausalLM`` (decoders),
+``AutoModelForMaskedLM``, ``AutoModelForTokenClassification`` or
+``AutoModelForSequenceClassification`` (encoders) ``.from_pretrained(OUT_DIR)`` loads without
+custom code, with the tokenizer as a ``PreTrainedTokenizerFast``.
 """
 
 from __future__ import annotations
