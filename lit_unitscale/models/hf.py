@@ -60,7 +60,7 @@ from lit_unitscale.models.architectures import (
     TokenClassifier,
     TransformerModel,
 )
-from lit_unitscale.models.config import ConfigError
+from lit_unitscale.models.config import ConfigError, TransformerConfig
 from lit_unitscale.models.stack import Block, TransformerStack
 
 __all__ = ["HFExportError", "hf_architecture", "fold_for_hf", "save_hf"]
@@ -255,7 +255,7 @@ def _rope_halves(w: Tensor, heads: int, d_head: int) -> Tensor:
     return w.view(heads, d_head, -1)[:, perm].reshape_as(w)
 
 
-def _llama_config(c, eps: float, rope: dict[str, Any]) -> dict[str, Any]:
+def _llama_config(c: TransformerConfig, eps: float, rope: dict[str, Any]) -> dict[str, Any]:
     """The fields Llama and the Llama-style encoders (EuroBERT, UltraBERT) share."""
     gelu = c.mlp == "gelu"
     return {
@@ -274,7 +274,9 @@ def _llama_config(c, eps: float, rope: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _llama_layers(c, blocks: list[dict[str, Any]], final_norm: Tensor) -> dict[str, Tensor]:
+def _llama_layers(
+    c: TransformerConfig, blocks: list[dict[str, Any]], final_norm: Tensor
+) -> dict[str, Tensor]:
     """``model.layers.*`` and ``model.norm`` of Llama, EuroBERT and UltraBERT (one layout)."""
     gelu = c.mlp == "gelu"
     sd: dict[str, Tensor] = {}
