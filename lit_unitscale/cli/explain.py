@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from lit_unitscale.cli.recipe_check import flat_keys, load_recipe, option_values
+from lit_unitscale.cli.recipe_check import flat_keys, option_values, read_recipe_file
 from lit_unitscale.errors import (
     LitUnitscaleError,
     TrainerValueError,
@@ -142,7 +142,7 @@ def _where(key: str, ctx: Context) -> str:
     if any(arg == f"--{key}" or arg.startswith(f"--{key}=") for arg in ctx.argv):
         return "on the command line"  # overrides every recipe file
     for path in reversed(ctx.files):
-        if key in flat_keys(load_recipe(path)):
+        if key in flat_keys(read_recipe_file(path)):
             return f"in {path}"
     return "on the command line"
 

@@ -75,7 +75,7 @@ _RecipeLoader.add_implicit_resolver(
 )
 
 
-def load_recipe(path: str | Path) -> dict[str, Any]:
+def read_recipe_file(path: str | Path) -> dict[str, Any]:
     """Parse one recipe file with the safe YAML loader (no Python object tags).
 
     Args:
@@ -121,7 +121,7 @@ def load_recipes(paths: Iterable[str | Path]) -> dict[str, Any]:
     """
     merged: dict[str, Any] = {}
     for path in paths:
-        merged = merge(merged, load_recipe(path))
+        merged = merge(merged, read_recipe_file(path))
     return merged
 
 

@@ -321,9 +321,9 @@ def recipe_clip(configs: list[str]) -> float | None:
     Args:
         configs: recipe YAML files, merged in order.
     """
-    from lit_unitscale.tools.slurm import load_recipe
+    from lit_unitscale.tools.slurm import resolved_recipe
 
-    return load_recipe(list(configs)).get("trainer", {}).get("gradient_clip_val")
+    return resolved_recipe(list(configs)).get("trainer", {}).get("gradient_clip_val")
 
 
 # -- executors --------------------------------------------------------------------------------

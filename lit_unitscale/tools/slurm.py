@@ -23,8 +23,7 @@ from jsonargparse import ArgumentParser, Namespace
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lit_unitscale.cli.recipe_check import load_recipe as load_recipe_file
-from lit_unitscale.cli.recipe_check import load_recipes
+from lit_unitscale.cli.recipe_check import load_recipes, read_recipe_file
 from lit_unitscale.errors import LitUnitscaleError, ToolError
 from lit_unitscale.tools.arguments import parse_arguments, subcommand_parser, tool_parser
 
@@ -162,7 +161,7 @@ class JobSpec:
     """Recipe values the job's shape replaces; written into the script as comments."""
 
 
-def load_recipe(paths: list[str]) -> DictConfig:
+def resolved_recipe(paths: list[str]) -> DictConfig:
     """The recipe files merged in order, as ``fit --config a --config b`` does, as an OmegaConf
     config whose ``${...}`` interpolations resolve when read.
 
@@ -182,7 +181,7 @@ def recipe_value(paths: list[str], merged: DictConfig, key: str) -> tuple[Any, s
     """
     source = None
     for path in paths:
-        node: Any = load_recipe_file(path)
+        node: Any = read_recipe_file(path)
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
         if node is not None:
@@ -457,7 +456,7 @@ def make_spec(args: Namespace, extra_args: list[str]) -> JobSpec:
             raise SlurmError(f"--config {shown(path)}: recipe not found")
     for arg in extra_args:
         check_printable("argument after --", arg)
-    merged = load_recipe(args.config)
+    merged = resolved_recipe(args.config)
     notes = check_topology(args.config, merged, args.nodes, args.gpus_per_node, args.accelerator)
     if args.job_name is not None:
         job_name = check_pattern("--job-name", args.job_name, JOB_NAME, JOB_NAME_WORDS)

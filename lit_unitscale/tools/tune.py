@@ -186,7 +186,7 @@ def proxy_search(
         hyperparameters: which of :data:`HYPERPARAMETERS` to search.
         weight_decays: the decay grid (default: :func:`decay_grid`).
     """
-    from lit_unitscale.tools.slurm import load_recipe
+    from lit_unitscale.tools.slurm import resolved_recipe
 
     unknown = [h for h in hyperparameters if h not in HYPERPARAMETERS]
     if unknown:
@@ -197,7 +197,7 @@ def proxy_search(
             f"tune searches u-μP hyperparameters; the recipe's parametrization is "
             f"{config.parametrization} (use sweep for SP learning rates)"
         )
-    target_steps = load_recipe(list(configs)).get("trainer", {}).get("max_steps") or 0
+    target_steps = resolved_recipe(list(configs)).get("trainer", {}).get("max_steps") or 0
     if target_steps <= 0 and proxy_steps is None:
         raise TuneError("the recipe sets no trainer.max_steps: give --proxy_steps")
     steps = proxy_steps or max(10, target_steps // 4)
@@ -454,9 +454,9 @@ def tune(
         command: the command line quoted in the overlay (default: rebuilt from config, out).
     """
     from lit_unitscale.tools.search import build_from_recipe
-    from lit_unitscale.tools.slurm import load_recipe
+    from lit_unitscale.tools.slurm import resolved_recipe
 
-    trainer = load_recipe(list(config)).get("trainer", {})  # a missing file, in one line
+    trainer = resolved_recipe(list(config)).get("trainer", {})  # a missing file, in one line
     task, datamodule = build_from_recipe(config)
     search, target_steps = proxy_search(
         config,

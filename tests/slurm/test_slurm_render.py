@@ -157,7 +157,7 @@ def test_flags_set_the_shape_for_every_strategy(
     assert f"--trainer.num_nodes {nodes} --trainer.devices {gpus}" in script
     fit = script[script.index("lit_unitscale fit") :]
     assert fit.index(strategy) < fit.index("--trainer.num_nodes")  # flags after the recipes
-    merged = slurm.load_recipe(["recipes/decoder/ptb-small.yaml", strategy])
+    merged = slurm.resolved_recipe(["recipes/decoder/ptb-small.yaml", strategy])
     for key, flag, want in (("num_nodes", "--nodes", nodes), ("devices", "--gpus-per-node", gpus)):
         value = merged.trainer.get(key)
         note = f"# {flag} {want} replaces trainer.{key}: {value} from "

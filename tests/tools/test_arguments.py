@@ -154,9 +154,9 @@ def test_recipes_merge_in_order_and_read_yaml_1_2_numbers(tmp_path: Path) -> Non
     merged = load_recipes([base, overlay])
     assert merged["trainer"] == {"max_steps": 20, "precision": 32}
     assert merged["lr"] == 1e-3 and merged["steps"] == "${trainer.max_steps}"
-    from lit_unitscale.tools.slurm import load_recipe
+    from lit_unitscale.tools.slurm import resolved_recipe
 
-    assert load_recipe([str(base), str(overlay)]).steps == 20  # the tools' resolved view
+    assert resolved_recipe([str(base), str(overlay)]).steps == 20  # the tools' resolved view
 
 
 @pytest.mark.parametrize(
