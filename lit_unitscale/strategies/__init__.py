@@ -14,7 +14,6 @@ from lit_unitscale.strategies.precision import (
     PrecisionError,
     check_precision,
 )
-from lit_unitscale.strategies.resume import ResumableSampler, ResumableSampling
 from lit_unitscale.strategies.topology import TopologyError, check_slurm_topology
 
 __all__ = [
@@ -28,8 +27,6 @@ __all__ = [
     "FP8SimPrecision",
     "FSDP2Strategy",
     "PrecisionError",
-    "ResumableSampler",
-    "ResumableSampling",
     "TopologyError",
     "check_precision",
     "check_slurm_topology",

@@ -205,7 +205,7 @@ class UnitScaledTask(L.LightningModule):
         # Resumable data order (sampler epoch and position in checkpoints) for every task.
         # Atomic checkpoints, clean Ctrl-C/SIGTERM, non-finite guard, unless the recipe has them.
         from lit_unitscale.callbacks.checkpointing import default_callbacks
-        from lit_unitscale.strategies.resume import ResumableSampling
+        from lit_unitscale.callbacks.resumable_sampling import ResumableSampling
 
         existing = self.trainer.callbacks if self._trainer is not None else []
         return [ResumableSampling(), *default_callbacks(existing)]

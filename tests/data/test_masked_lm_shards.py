@@ -12,12 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
+from lit_unitscale.callbacks.resumable_sampling import ResumableSampler
 from lit_unitscale.data import MaskedLMData
 from lit_unitscale.data.prepare import prepare
 from lit_unitscale.data.splits import SPLITS, contiguous_split
 from lit_unitscale.data.text_corpora import text_lines
 from lit_unitscale.data.text_tokenizers import cached_tokenizer
-from lit_unitscale.strategies.resume import ResumableSampler
 from tests.conftest import ROOT
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "<unk>", "Ünï"]

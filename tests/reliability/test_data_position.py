@@ -13,8 +13,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lit_unitscale.callbacks.resumable_sampling import ResumableSampler
 from lit_unitscale.checkpoints import atomic_folder_save, recover_folder_swaps, swap_in
-from lit_unitscale.strategies.resume import ResumableSampler
 
 
 def _ranks(n: int, world: int, start: int = 0, epoch: int = 0) -> list[list[int]]:

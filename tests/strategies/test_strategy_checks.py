@@ -9,6 +9,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
+from lit_unitscale.callbacks.resumable_sampling import ResumableSampler
 from lit_unitscale.models import DecoderLM, TransformerConfig
 from lit_unitscale.models.activation_checkpointing import checkpoint_blocks
 from lit_unitscale.strategies import (
@@ -18,7 +19,6 @@ from lit_unitscale.strategies import (
     FP16NoScalePrecision,
     FSDP2Strategy,
     PrecisionError,
-    ResumableSampler,
     TopologyError,
     check_slurm_topology,
 )
