@@ -83,4 +83,6 @@ def test_every_readme_command_runs(tmp_path: Path) -> None:
     assert (work / "runs" / "ptb-tiny-sp" / "config.yaml").exists()
     assert (work / "exported" / "ptb-small" / "config.json").exists()
     assert (work / "scales.html").exists() and (work / "my-recipe.yaml").exists()
+    assert (work / "data" / "shakespeare" / "manifest.json").exists()
+    assert (work / "runs" / "shakespeare" / "config.yaml").exists()
     print("\n".join(report))
