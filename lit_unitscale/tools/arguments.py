@@ -13,11 +13,18 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from jsonargparse import ArgumentParser, Namespace
+from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
 
 from lit_unitscale.errors import LitUnitscaleError
 
 EXIT_USAGE = 2
+
+
+class _HelpFormatter(DefaultHelpFormatter):
+    # jsonargparse writes a plain class as its repr ("<class 'Path'>"); users read "Path".
+    def _get_type_str(self, action: argparse.Action) -> str | None:
+        text = super()._get_type_str(action)
+        return re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", text) if text else text
 
 
 def tool_parser(tool: str, description: str, prog: str | None = None) -> ArgumentParser:
@@ -32,6 +39,7 @@ def tool_parser(tool: str, description: str, prog: str | None = None) -> Argumen
         prog=prog or f"python -m lit_unitscale {tool}",
         description=description,
         exit_on_error=False,
+        formatter_class=_HelpFormatter,
     )
 
 
@@ -41,7 +49,9 @@ def subcommand_parser(description: str) -> ArgumentParser:
     Args:
         description: the subcommand's ``--help`` text.
     """
-    return ArgumentParser(description=description, exit_on_error=False)
+    return ArgumentParser(
+        description=description, exit_on_error=False, formatter_class=_HelpFormatter
+    )
 
 
 def parse_arguments(
