@@ -92,6 +92,7 @@ def test_help_works(tool: str, capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert out.startswith(f"usage: python -m lit_unitscale {tool}"), out[:200]
     assert "--help" in out
+    assert "<class" not in out, "a type shown as its repr"
 
 
 def parser_with_options():
