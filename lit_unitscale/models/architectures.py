@@ -17,6 +17,7 @@ from lit_unitscale.models.config import TransformerConfig
 from lit_unitscale.models.stack import TransformerStack, make_norm
 from lit_unitscale.models.transformer import Decoder, Encoder, EncoderDecoder
 from lit_unitscale.unit import LinearReadout, UnitModule
+from lit_unitscale.unit.kernels import MatmulFormat
 
 
 class TransformerModel(UnitModule):
@@ -62,9 +63,12 @@ class OutputProjection(UnitModule):
         config: the architecture.
         out_features: logits per position (vocabulary size or classes).
         tied: an embedding module whose table is read out instead of an own weight.
+
+    ``matmul`` is how a tied table is read out (an own weight's layer has its own).
     """
 
     monitor_role = "head"
+    matmul: MatmulFormat = None
 
     def __init__(self, config: TransformerConfig, out_features: int, tied: nn.Module | None = None):
         super().__init__(config.parametrization)
@@ -82,7 +86,9 @@ class OutputProjection(UnitModule):
     def forward(self, h: Tensor, tokens: int | None = None) -> Tensor:
         """``tokens``: reads of a tied table in the whole step (None: this call's)."""
         if self.tied is not None:
-            return self.F.linear_readout(h, self.tied.weight, None, tokens=tokens)
+            return self.F.linear_readout(
+                h, self.tied.weight, None, tokens=tokens, matmul=self.matmul
+            )
         return self.proj(h)
 
 

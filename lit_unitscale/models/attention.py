@@ -10,6 +10,7 @@ from lit_unitscale.models.config import TransformerConfig
 from lit_unitscale.models.positions import RotaryEmbedding
 from lit_unitscale.unit import Linear, UnitModule, fp8
 from lit_unitscale.unit.functional import attention_scale
+from lit_unitscale.unit.kernels import MatmulFormat
 
 
 class KVCache:
@@ -64,7 +65,12 @@ class Attention(UnitModule):
         config: model configuration.
         causal: mask future keys (self-attention in decoders).
         cross: attend to an encoder's output instead of ``x``.
+
+    ``matmul`` is how the attention's own products (QK, AV) multiply: ``"fp8-sim"`` under the
+    FP8 simulation, else the working precision (real FP8 keeps them wide).
     """
+
+    matmul: MatmulFormat = None
 
     def __init__(self, config: TransformerConfig, causal: bool, cross: bool = False) -> None:
         super().__init__(config.parametrization)
@@ -118,7 +124,7 @@ class Attention(UnitModule):
         ``memory_grad_mult`` is one more factor on the memory's gradient."""
         b, t, _ = x.shape
         # FP8 simulation quantises the scaled output itself: there the scale stays its own step.
-        fold = not fp8.fp8_enabled()
+        fold = not fp8.simulating(self.o.matmul)
         if mask is not None and mask.requires_grad:
             # A learned bias on the logits (shared by all layers) gets the branch's backward
             # weight, less the output scale the folded projection already passed back into
@@ -154,6 +160,7 @@ class Attention(UnitModule):
             scale_len=self.scale_len,
             training=self.training,
             scale_output=not fold,
+            simulate_fp8=fp8.simulating(self.matmul),
         )
         out = out.transpose(1, 2).reshape(b, t, self.n_heads * self.d_head)
         in_mult = self.output_scale if fold else (self.cached_rescale if cache is not None else 1.0)

@@ -73,7 +73,7 @@ def folded_multipliers(model: nn.Module) -> dict[str, tuple[float, float]]:
                 last = "o" if branch != "mlp" else "down"
                 fold(f"{prefix}{branch}", weight, 1.0)
                 fold(f"{prefix}{branch}.{last}", weight, 1.0)
-        if isinstance(module, MLP) and not fp8.fp8_enabled():
+        if isinstance(module, MLP) and not fp8.simulating(module.up.matmul):
             fold(f"{prefix}up", module.up_mult, 1 / module.up_mult)
     return factors
 

@@ -15,7 +15,6 @@ call it when the Trainer is built, before any process is launched.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Generator
 from typing import Any, Literal
 
 import torch
@@ -28,8 +27,7 @@ from lightning.pytorch.plugins.precision import (
 from torch import Tensor
 
 from lit_unitscale.errors import RecipeError
-from lit_unitscale.unit.fp8 import fp8_matmuls
-from lit_unitscale.unit.modules import use_fp8_matmuls
+from lit_unitscale.unit.modules import simulate_fp8_matmuls, use_fp8_matmuls
 
 FP8Base = Literal["32-true", "bf16-mixed", "bf16-true"]
 
@@ -116,9 +114,10 @@ class _OnBase(Precision):
 class FP8SimPrecision(_OnBase):
     """FP8 simulation on every unit matmul, on top of a base precision.
 
-    Forward and backward both run inside :func:`lit_unitscale.unit.fp8.fp8_matmuls`: the
-    E5M2 gradient quantisers are recorded at forward time, and recomputed forwards (activation
-    checkpointing) happen during backward, so backward needs the context too.
+    Every module that multiplies (linears, readouts, attention's products) is set to simulate
+    when the strategy converts the model (:func:`lit_unitscale.unit.simulate_fp8_matmuls`), as
+    :class:`FP8Precision` sets real FP8: the choice travels with the modules, so recomputed
+    forwards (activation checkpointing) and sharded or compiled models simulate too.
 
     Args:
         base: precision underneath the simulation: ``32-true``, ``bf16-mixed`` or ``bf16-true``.
@@ -127,14 +126,10 @@ class FP8SimPrecision(_OnBase):
 
     adds = "FP8 simulation"
 
-    @contextlib.contextmanager
-    def forward_context(self) -> Generator[None, None, None]:
-        with self.base.forward_context(), fp8_matmuls():
-            yield
-
-    def backward(self, tensor: Tensor, model: Any, optimizer: Any, *args: Any, **kwargs: Any):
-        with fp8_matmuls():
-            return self.base.backward(tensor, model, optimizer, *args, **kwargs)
+    def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        module = self.base.convert_module(module)
+        simulate_fp8_matmuls(module)
+        return module
 
 
 class FP8Precision(_OnBase):
@@ -197,14 +192,10 @@ class DeepSpeedFP8SimPrecision(DeepSpeedAccumulationPrecision):
     def __init__(self, base: FP8Base = "32-true") -> None:
         super().__init__(base)
 
-    @contextlib.contextmanager
-    def forward_context(self) -> Generator[None, None, None]:
-        with super().forward_context(), fp8_matmuls():
-            yield
-
-    def backward(self, tensor: Tensor, model: Any, optimizer: Any, *args: Any, **kwargs: Any):
-        with fp8_matmuls():
-            return super().backward(tensor, model, optimizer, *args, **kwargs)
+    def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        module = super().convert_module(module)
+        simulate_fp8_matmuls(module)
+        return module
 
 
 class DeepSpeedFP8Precision(DeepSpeedAccumulationPrecision):

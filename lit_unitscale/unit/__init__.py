@@ -16,6 +16,7 @@ from lit_unitscale.unit.modules import (
     UnitModule,
     named_param_specs,
     set_depth,
+    simulate_fp8_matmuls,
     use_fp8_matmuls,
 )
 from lit_unitscale.unit.optim import adam_lr_multiplier, param_groups
@@ -35,6 +36,7 @@ __all__ = [
     "UnitModule",
     "named_param_specs",
     "set_depth",
+    "simulate_fp8_matmuls",
     "use_fp8_matmuls",
     "adam_lr_multiplier",
     "param_groups",

@@ -157,20 +157,45 @@ def fp8_matmuls(enabled: bool = True) -> Iterator[None]:
 
 
 def fp8_enabled() -> bool:
-    """Whether matmuls are currently simulated in FP8."""
+    """Whether matmuls are currently simulated in FP8 by :func:`fp8_matmuls`."""
     return _matmul_fp8
 
 
-def matmul_inputs(*tensors: Tensor) -> tuple[Tensor, ...]:
-    """Quantise matmul operands to E4M3 when FP8 simulation is on; otherwise return them."""
-    if not _matmul_fp8:
+SIMULATED = "fp8-sim"
+"""The matmul format of a module whose matmuls are simulated in FP8 (set by the FP8
+simulation's precision plugin, as real FP8 is: :func:`lit_unitscale.unit.use_fp8_matmuls`)."""
+
+
+def simulating(matmul: str | None = None) -> bool:
+    """Whether an op of a module with matmul format ``matmul`` is simulated in FP8: its module
+    says so, or the whole region runs inside :func:`fp8_matmuls`.
+
+    Args:
+        matmul: the module's matmul format (None, ``"fp8"`` or ``"fp8-sim"``).
+    """
+    return _matmul_fp8 or matmul == SIMULATED
+
+
+def matmul_inputs(*tensors: Tensor, simulate: bool | None = None) -> tuple[Tensor, ...]:
+    """Quantise matmul operands to E4M3 when FP8 is simulated; otherwise return them.
+
+    Args:
+        tensors: the operands.
+        simulate: whether to (None: inside :func:`fp8_matmuls`).
+    """
+    if not (_matmul_fp8 if simulate is None else simulate):
         return tensors
     return tuple(quantise_value(t, E4M3) for t in tensors)
 
 
-def matmul_output(x: Tensor) -> Tensor:
-    """Mark a matmul output so its gradient is quantised to E5M2 when FP8 simulation is on."""
-    return quantise_grad(x, E5M2) if _matmul_fp8 else x
+def matmul_output(x: Tensor, simulate: bool | None = None) -> Tensor:
+    """Mark a matmul output so its gradient is quantised to E5M2 when FP8 is simulated.
+
+    Args:
+        x: the matmul's output.
+        simulate: whether to (None: inside :func:`fp8_matmuls`).
+    """
+    return quantise_grad(x, E5M2) if (_matmul_fp8 if simulate is None else simulate) else x
 
 
 def out_of_range_fractions(x: Tensor, fmt: FP8Format) -> tuple[Tensor, Tensor]:

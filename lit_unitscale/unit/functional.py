@@ -246,10 +246,10 @@ def matmul(left: Tensor, right: Tensor, constraint: Constraint = "to_output_scal
     return scale_fwd(fp8.matmul_output(torch.matmul(left, right)), out_s)
 
 
-def _composed() -> bool:
+def _composed(simulate: bool) -> bool:
     # FP8 simulation quantises the unit-scaled operands themselves, and true-gradient mode
     # drops every backward-only scale: both need each scale as its own step.
-    return fp8.fp8_enabled() or true_gradients_enabled()
+    return simulate or true_gradients_enabled()
 
 
 def linear(
@@ -292,7 +292,8 @@ def linear(
         grad_input_mult: a factor on the input's gradient only (a residual branch's backward
             weight).
         matmul: ``"fp8"``: real FP8 GEMMs (:data:`lit_unitscale.unit.kernels.FP8`), the
-            scales as ``_scaled_mm``'s scale arguments; None: the working precision.
+            scales as ``_scaled_mm``'s scale arguments; ``"fp8-sim"``: the FP8 simulation;
+            None: the working precision (simulated inside :func:`fp8.fp8_matmuls`).
     """
     fan_out, fan_in = weight.shape
     tokens = tokens or input.numel() // fan_in
@@ -300,7 +301,8 @@ def linear(
         constraint, fan_in ** -scale_power[0], (fan_out // parts) ** -scale_power[1]
     )
     grad_weight_scale = weight_grad_scale(tokens) ** (scale_power[2] / 0.5)
-    if matmul == "fp8":
+    simulate = fp8.simulating(matmul)
+    if matmul == "fp8" and not simulate:
         return fp8_linear(
             input,
             weight,
@@ -312,7 +314,7 @@ def linear(
             output_mult,
             grad_input_mult,
         )
-    if not _composed():
+    if not _composed(simulate):
         return scaled_linear(
             input,
             weight,
@@ -325,11 +327,11 @@ def linear(
         )
     input = scale_bwd(scale(input, fwd=input_mult, bwd=input_mult), grad_input_mult)
     bias = scale_bwd(bias, grad_weight_scale) if bias is not None else None
-    if fp8.fp8_enabled():
+    if simulate:
         input, weight = fp8.matmul_inputs(
-            scale_bwd(input, grad_input_scale), scale_bwd(weight, grad_weight_scale)
+            scale_bwd(input, grad_input_scale), scale_bwd(weight, grad_weight_scale), simulate=True
         )
-        out = scale_fwd(fp8.matmul_output(F.linear(input, weight)), output_scale)
+        out = scale_fwd(fp8.matmul_output(F.linear(input, weight), simulate=True), output_scale)
         out = out + bias if bias is not None else out
         return scale_fwd(out, output_mult)
     weight = scale(weight, fwd=output_scale, bwd=grad_weight_scale)
@@ -343,6 +345,7 @@ def linear_readout(
     bias: Tensor | None,
     constraint: Constraint = None,
     tokens: int | None = None,
+    matmul: MatmulFormat = None,
 ) -> Tensor:
     """Unit-scaled output projection: forward scale ``1/fan_in`` (u-μP's readout rule).
 
@@ -352,9 +355,16 @@ def linear_readout(
         bias: optional bias.
         constraint: scale constraint; None keeps the backward unit-scaled.
         tokens: rows the weight's gradient sums over in this step (None: this call's).
+        matmul: the matmul format, as for :func:`linear`.
     """
     return linear(
-        input, weight, bias, constraint=constraint, scale_power=(1.0, 0.5, 0.5), tokens=tokens
+        input,
+        weight,
+        bias,
+        constraint=constraint,
+        scale_power=(1.0, 0.5, 0.5),
+        tokens=tokens,
+        matmul=matmul,
     )
 
 
@@ -605,6 +615,7 @@ def scaled_dot_product_attention(
     scale_len: int | None = None,
     training: bool = True,
     scale_output: bool = True,
+    simulate_fp8: bool = False,
 ) -> Tensor:
     """Unit-scaled attention: logits scaled by ``mult / d_head`` (u-μP), output at unit RMS.
 
@@ -632,14 +643,18 @@ def scaled_dot_product_attention(
         scale_output: apply the output scale (:func:`attention_scale`, on the value and on
             the gradients of query, key and value alike). False returns the kernel's output
             unscaled, for a caller that folds the scale into the next linear's ``input_mult``.
+        simulate_fp8: round the products' operands to E4M3 and the output's gradient to E5M2
+            (also inside :func:`fp8.fp8_matmuls`).
     """
+    simulate = fp8.simulating() or simulate_fp8
     *_, q_len, d_head = query.shape
     k_len = key.shape[-2]
     s = attention_scale(scale_len or k_len, d_head, is_causal, mult, dropout_p)
     attn_mask, is_causal = fold_causal(attn_mask, is_causal, q_len, k_len)
     if not scale_output:
         s = 1.0
-    query, key, value = fp8.matmul_inputs(*(scale_bwd(t, s) for t in (query, key, value)))
+    scaled = (scale_bwd(t, s) for t in (query, key, value))
+    query, key, value = fp8.matmul_inputs(*scaled, simulate=simulate)
     out = F.scaled_dot_product_attention(
         query,
         key,
@@ -650,7 +665,7 @@ def scaled_dot_product_attention(
         scale=mult / d_head,
         enable_gqa=key.shape[-3] != query.shape[-3],
     )
-    return scale_fwd(fp8.matmul_output(out), s)
+    return scale_fwd(fp8.matmul_output(out, simulate=simulate), s)
 
 
 def cross_entropy(

@@ -26,8 +26,9 @@ from torch import Tensor
 
 from lit_unitscale.unit.fp8 import E4M3, E5M2, FP8Format
 
-MatmulFormat = Literal["fp8"] | None
-"""How a linear multiplies: ``"fp8"`` (real FP8 GEMMs) or None (the working precision)."""
+MatmulFormat = Literal["fp8", "fp8-sim"] | None
+"""How a module multiplies: ``"fp8"`` (real FP8 GEMMs), ``"fp8-sim"`` (the working precision
+on operands rounded to FP8 values) or None (the working precision)."""
 
 Gemm = Callable[[Tensor, Tensor, float], Tensor]
 """``gemm(a, b, alpha)`` returns ``alpha * (a @ b)`` for 2-D ``a`` and ``b``, in one kernel."""

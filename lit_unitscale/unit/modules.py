@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_unitscale.unit.constraints import Constraint
+from lit_unitscale.unit.fp8 import SIMULATED
 from lit_unitscale.unit.kernels import MatmulFormat
 from lit_unitscale.unit.parametrization import Parametrization, functional_for
 
@@ -107,8 +108,10 @@ class Linear(UnitModule):
         parts: equal projections fused into this one (e.g. 2 for SwiGLU's gate and up).
 
     ``matmul`` says how this layer multiplies (None: the working precision; ``"fp8"``: real
-    FP8 GEMMs). It is an attribute of the module, set by :func:`use_fp8_matmuls`, so it travels
-    with the layer through sharding wrappers and ``torch.compile``.
+    FP8 GEMMs; ``"fp8-sim"``: the FP8 simulation). It is an attribute of the module, set by
+    :func:`use_fp8_matmuls` or :func:`simulate_fp8_matmuls` when a strategy converts the model,
+    so it travels with the layer through sharding wrappers, recomputed forwards and
+    ``torch.compile``.
     """
 
     matmul: MatmulFormat = None
@@ -207,7 +210,9 @@ class LinearReadout(Linear):
             nn.init.normal_(self.weight, std=0.02)
 
     def forward(self, input: Tensor) -> Tensor:
-        return self.F.linear_readout(input, self.weight, self.bias, self.constraint)
+        return self.F.linear_readout(
+            input, self.weight, self.bias, self.constraint, matmul=self.matmul
+        )
 
 
 def use_fp8_matmuls(
@@ -230,6 +235,24 @@ def use_fp8_matmuls(
         hidden = isinstance(module, Linear) and not isinstance(module, LinearReadout)
         if hidden and not any(fnmatch(name, pattern) for pattern in exclude):
             module.matmul = matmul
+            chosen.append(name)
+    return chosen
+
+
+def simulate_fp8_matmuls(model: nn.Module, enabled: bool = True) -> list[str]:
+    """Simulate FP8 in every matmul of ``model``: each module that declares a ``matmul``
+    format (linears, readouts, attention's products, a tied readout) is set to ``"fp8-sim"``;
+    return their names. What :func:`lit_unitscale.unit.fp8.fp8_matmuls` does for a region,
+    carried by the modules instead (so recomputed forwards see it too).
+
+    Args:
+        model: any module tree.
+        enabled: False sets them back to the working precision.
+    """
+    chosen = []
+    for name, module in model.named_modules():
+        if "matmul" in dir(type(module)):
+            module.matmul = SIMULATED if enabled else None
             chosen.append(name)
     return chosen
 

@@ -77,7 +77,8 @@ def linear(
 ) -> Tensor:
     """Plain linear (FP8-simulated when enabled, real FP8 with ``matmul="fp8"``, the same
     no-scale cast as u-μP's); multipliers, if any, ride in its GEMMs."""
-    if matmul == "fp8":
+    simulate = fp8.simulating(matmul)
+    if matmul == "fp8" and not simulate:
         return fp8_linear(
             input,
             weight,
@@ -86,7 +87,7 @@ def linear(
             output_mult=output_mult,
             grad_input_mult=grad_input_mult,
         )
-    if (input_mult, output_mult, grad_input_mult) != (1.0, 1.0, 1.0) and not fp8.fp8_enabled():
+    if (input_mult, output_mult, grad_input_mult) != (1.0, 1.0, 1.0) and not simulate:
         return scaled_linear(
             input,
             weight,
@@ -97,12 +98,12 @@ def linear(
             bias_scale=output_mult,
         )
     input = scale_bwd(scale(input, fwd=input_mult, bwd=input_mult), grad_input_mult)
-    input, weight = fp8.matmul_inputs(input, weight)
-    if fp8.fp8_enabled() and bias is not None:
+    input, weight = fp8.matmul_inputs(input, weight, simulate=simulate)
+    if simulate and bias is not None:
         # The bias is no matmul operand: its gradient is the output's, unrounded (as umup's).
-        out = fp8.matmul_output(F.linear(input, weight)) + bias
+        out = fp8.matmul_output(F.linear(input, weight), simulate=True) + bias
     else:
-        out = fp8.matmul_output(F.linear(input, weight, bias))
+        out = fp8.matmul_output(F.linear(input, weight, bias), simulate=simulate)
     return scale_fwd(out, output_mult)
 
 
@@ -112,9 +113,10 @@ def linear_readout(
     bias: Tensor | None,
     constraint: Constraint = None,
     tokens: int | None = None,
+    matmul: MatmulFormat = None,
 ) -> Tensor:
     """Plain output projection."""
-    return linear(input, weight, bias)
+    return linear(input, weight, bias, matmul=matmul)
 
 
 def layer_norm(
@@ -212,11 +214,13 @@ def scaled_dot_product_attention(
     scale_len: int | None = None,
     training: bool = True,
     scale_output: bool = True,
+    simulate_fp8: bool = False,
 ) -> Tensor:
     """Plain attention with the usual ``1/sqrt(d_head)`` logit scale (``mult``, ``scale_len``
-    and ``scale_output`` ignored: it has no output scale)."""
+    and ``scale_output`` ignored: it has no output scale); FP8-simulated as the unit op is."""
+    simulate = fp8.simulating() or simulate_fp8
     attn_mask, is_causal = fold_causal(attn_mask, is_causal, query.shape[-2], key.shape[-2])
-    query, key, value = fp8.matmul_inputs(query, key, value)
+    query, key, value = fp8.matmul_inputs(query, key, value, simulate=simulate)
     out = F.scaled_dot_product_attention(
         query,
         key,
@@ -226,7 +230,7 @@ def scaled_dot_product_attention(
         is_causal=is_causal,
         enable_gqa=key.shape[-3] != query.shape[-3],
     )
-    return fp8.matmul_output(out)
+    return fp8.matmul_output(out, simulate=simulate)
 
 
 def cross_entropy(

@@ -22,6 +22,7 @@ from lit_unitscale.strategies import (
     TopologyError,
     check_slurm_topology,
 )
+from lit_unitscale.unit import fp8
 
 SLURM = {"SLURM_NTASKS": "8", "SLURM_JOB_NAME": "train", "SLURM_NTASKS_PER_NODE": "4"}
 
@@ -111,34 +112,32 @@ def test_fp8_sim_covers_backward_including_recomputed_forwards() -> None:
     plugin = FP8SimPrecision("32-true")
     owner = types.SimpleNamespace(backward=lambda loss, *a, **k: loss.backward())
 
-    def run(model: torch.nn.Module, fp8_backward: bool) -> list[torch.Tensor]:
+    def run(model: torch.nn.Module) -> list[torch.Tensor]:
         model.zero_grad()
         with plugin.forward_context():
             loss = model.loss(model(ids), ids)
-        if fp8_backward:
-            plugin.backward(loss, owner, None)
-        else:
-            loss.backward()
+        plugin.backward(loss, owner, None)
         return _grads(model)
 
-    reference = [g.clone() for g in run(plain, fp8_backward=True)]
-    # The E5M2 gradient quantisers are recorded in forward: backward outside the context is
-    # the same, and differs from no simulation at all.
-    assert all(torch.equal(a, b) for a, b in zip(run(plain, False), reference, strict=True))
+    unsimulated = [g.clone() for g in run(plain)]
+    simulated = plugin.convert_module(DecoderLM(config))
+    simulated.load_state_dict(plain.state_dict())
+    reference = [g.clone() for g in run(simulated)]
+    # The simulation is the modules': the same model without it differs, and the region flag
+    # (fp8_matmuls) gives the same gradients bit for bit.
+    assert not all(torch.equal(a, b) for a, b in zip(unsimulated, reference, strict=True))
     plain.zero_grad()
-    plain.loss(plain(ids), ids).backward()
-    assert not all(torch.equal(a, b) for a, b in zip(_grads(plain), reference, strict=True))
-    # With activation checkpointing the forward is recomputed during backward, which must
-    # also be simulated: the plugin's backward does it.
+    with fp8.fp8_matmuls():
+        plain.loss(plain(ids), ids).backward()
+    assert all(torch.equal(a, b) for a, b in zip(_grads(plain), reference, strict=True))
+    # With activation checkpointing the forward is recomputed during backward, outside any
+    # context: the modules still simulate, so the recomputation matches what was saved.
     checkpointed = DecoderLM(config)
     checkpointed.load_state_dict(plain.state_dict())
     checkpoint_blocks(checkpointed)
-    got = run(checkpointed, fp8_backward=True)
+    plugin.convert_module(checkpointed)
+    got = run(checkpointed)
     assert all(torch.equal(a, b) for a, b in zip(got, reference, strict=True))
-    # Without it the recomputed forward is not simulated: it takes the fused kernels, whose
-    # saved tensors differ from the simulated forward's, and checkpointing refuses the mix.
-    with pytest.raises(torch.utils.checkpoint.CheckpointError):
-        run(checkpointed, False)
 
 
 def test_fp16_noscale_is_real_fp16_autocast_without_scaler() -> None:

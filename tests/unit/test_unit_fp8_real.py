@@ -11,6 +11,7 @@ same op on ``|x|``, ``|w|``, ``|g|``): 1e-6 of that, where observed differences 
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 
 import pytest
@@ -22,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import lit_unitscale.unit.functional as U
 import lit_unitscale.unit.standard as S
 from lit_unitscale.models import DecoderLM, TransformerConfig
-from lit_unitscale.unit import Linear, LinearReadout, fp8, use_fp8_matmuls
+from lit_unitscale.unit import Linear, LinearReadout, fp8, simulate_fp8_matmuls, use_fp8_matmuls
 from lit_unitscale.unit.kernels import FP8Gemm
 
 RTOL = 1e-6
@@ -215,3 +216,35 @@ def test_compiled_training_step_equals_eager_without_graph_breaks():
     assert _relative(compiled_loss, eager_loss) <= 1e-5
     for got, want in zip(compiled_grads, eager_grads, strict=True):
         assert _relative(got, want) <= 1e-5
+
+
+@pytest.mark.parametrize("parametrization", ["umup", "sp"])
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+@pytest.mark.parametrize("mlp", ["gelu", "swiglu"])
+def test_simulation_carried_by_the_modules_equals_the_region_flag(parametrization, tied, mlp):
+    # The FP8 simulation set on the modules (what the precision plugin does) rounds exactly
+    # the operands the fp8_matmuls() region rounds: bit for bit, outputs and gradients.
+    config = TransformerConfig(
+        vocab_size=97, d_model=32, n_layers=2, n_heads=4, max_seq_len=16, mlp=mlp,
+        parametrization=parametrization, tie_embeddings=tied, positions="rope",
+    )  # fmt: skip
+    ids = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(0))
+
+    def step(model, region: bool):
+        with fp8.fp8_matmuls() if region else contextlib.nullcontext():
+            logits = model(ids)
+            model.loss(logits, ids).backward()
+        return [logits.detach(), *(p.grad for p in model.parameters())]
+
+    torch.manual_seed(0)
+    by_region = step(DecoderLM(config), region=True)
+    torch.manual_seed(0)
+    model = DecoderLM(config)
+    names = simulate_fp8_matmuls(model)
+    assert any(".attn" in n and n.endswith("attn") for n in names) and "head" in names
+    by_module = step(model, region=False)
+    for a, b in zip(by_module, by_region, strict=True):
+        assert torch.equal(a, b)
+    torch.manual_seed(0)
+    plain = step(DecoderLM(config), region=False)
+    assert not torch.equal(plain[0], by_module[0]), "the simulation changed nothing"
