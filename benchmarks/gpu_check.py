@@ -356,12 +356,34 @@ def part_fsdp2(device: str, steps: int) -> dict[str, Any]:
 
 
 def _float8_linear(model: torch.nn.Module) -> str | None:
-    """Convert SP's linears to torchao's dynamic-scaling Float8Linear; None if unavailable."""
+    """Give SP's hidden linears torchao's dynamic-scaling ``Float8Linear`` (tensorwise amax),
+    the peer of static unit scales; a reason instead where torchao is missing.
+
+    torchao converts ``torch.nn.Linear`` modules only, so each hidden linear's weights are
+    shared with an ``nn.Linear`` that torchao converts and that then does the layer's
+    multiply (SP's neighbour multipliers are all 1: nothing else rides in the layer).
+    """
     try:
         from torchao.float8 import convert_to_float8_training
     except ImportError:
         return "torchao not installed"
-    convert_to_float8_training(model)  # type: ignore[arg-type]
+    from lit_unitscale.unit import Linear, LinearReadout
+
+    for module in model.modules():
+        if not isinstance(module, Linear) or isinstance(module, LinearReadout):
+            continue
+        plain = torch.nn.Linear(module.in_features, module.out_features, bias=False)
+        plain.weight = module.weight
+        holder = torch.nn.ModuleDict({"linear": plain})
+        convert_to_float8_training(holder)
+        module.peer = holder["linear"]
+
+        def forward(input, input_mult=1.0, output_mult=1.0, grad_input_mult=1.0, m=module):
+            assert (input_mult, output_mult, grad_input_mult) == (1.0, 1.0, 1.0)
+            out = m.peer(input)
+            return out + m.bias if m.bias is not None else out
+
+        module.forward = forward
     return None
 
 
@@ -407,7 +429,7 @@ def part_fp8_training(device: str, steps: int) -> dict[str, Any]:
                     opt = torch.optim.AdamW(param_groups(model, 1e-3, parametrization=p))
                     compiled = torch.compile(model) if "compiled" in modes else None
                 if fmt == "torchao-float8":
-                    missing = "skipped on CPU" if small else _float8_linear(model)
+                    missing = _float8_linear(model)
                     if missing:
                         for mode in modes:
                             out.setdefault(label, {})[f"{p}_{fmt}_{mode}"] = missing
