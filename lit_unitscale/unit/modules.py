@@ -221,7 +221,7 @@ def use_fp8_matmuls(
     """Make every hidden linear of ``model`` multiply in real FP8; return their names.
 
     Hidden linears are the :class:`Linear` layers that are not readouts: attention's
-    projections and the MLP's: the layers µnit Scaling and u-μP's FP8 runs put in FP8.
+    projections and the MLP's: the layers µnit Scaling runs in FP8.
     Embeddings, readouts and attention's own products stay in the working precision.
 
     Args:
