@@ -29,12 +29,13 @@ from lit_unitscale.unit import fp8
 from lit_unitscale.unit.constraints import Constraint, apply_constraint
 from lit_unitscale.unit.global_batch import weight_grad_scale
 from lit_unitscale.unit.kernels import (
+    FP8,
     MatmulFormat,
     ResidualFork,
     ResidualMerge,
     ScaledEmbedding,
     UnitCrossEntropy,
-    fp8_linear,
+    addmm_gemm,
     scaled_linear,
 )
 from lit_unitscale.unit.scale import (
@@ -302,19 +303,11 @@ def linear(
     )
     grad_weight_scale = weight_grad_scale(tokens) ** (scale_power[2] / 0.5)
     simulate = fp8.simulating(matmul)
-    if matmul == "fp8" and not simulate:
-        return fp8_linear(
-            input,
-            weight,
-            bias,
-            output_scale,
-            grad_input_scale,
-            grad_weight_scale,
-            input_mult,
-            output_mult,
-            grad_input_mult,
-        )
-    if not _composed(simulate):
+    real_fp8 = matmul == "fp8" and not simulate
+    if real_fp8 or not _composed(simulate):
+        # Real FP8 casts the input as it arrives, at its unit scale: a neighbour's multiplier
+        # rides in _scaled_mm's scales as it rides in the GEMMs' alpha (the simulation, op by
+        # op, rounds the input after it; the two agree when it is 1).
         return scaled_linear(
             input,
             weight,
@@ -324,6 +317,7 @@ def linear(
             grad_weight_scale=grad_weight_scale * input_mult,
             bias_scale=output_mult,
             grad_bias_scale=grad_weight_scale,
+            gemm=FP8 if real_fp8 else addmm_gemm,
         )
     input = scale_bwd(scale(input, fwd=input_mult, bwd=input_mult), grad_input_mult)
     bias = scale_bwd(bias, grad_weight_scale) if bias is not None else None

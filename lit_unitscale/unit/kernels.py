@@ -252,50 +252,6 @@ def scaled_linear(
     )
 
 
-def fp8_linear(
-    input: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    output_scale: float = 1.0,
-    grad_input_scale: float = 1.0,
-    grad_weight_scale: float = 1.0,
-    input_mult: float = 1.0,
-    output_mult: float = 1.0,
-    grad_input_mult: float = 1.0,
-) -> Tensor:
-    """A linear whose three GEMMs run in real FP8 (:data:`FP8`): the input and weight rounded
-    to E4M3 and the output's gradient to E5M2 as the FP8 simulation rounds them, every scale
-    an argument of ``_scaled_mm``.
-
-    A neighbour's constant on the input (``input_mult``) rides in the scales too, so the
-    input is cast as it arrives, at its unit scale: no pass of its own, and FP8's range used
-    as the unit-scaling analysis intends. (The simulation, composed op by op, rounds the input
-    after the multiplier; the two agree exactly when it is 1.)
-
-    Args:
-        input: ``(..., fan_in)`` tensor.
-        weight: ``(fan_out, fan_in)`` weight.
-        bias: optional ``(fan_out,)`` bias.
-        output_scale: the op's forward scale.
-        grad_input_scale: the op's grad-input scale.
-        grad_weight_scale: the op's grad-weight scale (also the bias gradient's).
-        input_mult: a neighbour's constant on the input, value and gradient alike.
-        output_mult: a factor on the output value only.
-        grad_input_mult: a factor on the input's gradient only.
-    """
-    return scaled_linear(
-        input,
-        weight,
-        bias,
-        output_scale=output_scale * input_mult * output_mult,
-        grad_input_scale=grad_input_scale * input_mult * grad_input_mult,
-        grad_weight_scale=grad_weight_scale * input_mult,
-        bias_scale=output_mult,
-        grad_bias_scale=grad_weight_scale,
-        gemm=FP8,
-    )
-
-
 class ResidualFork(torch.autograd.Function):
     """Forward: the stream twice (branch input, skip). Backward: ``g_branch + skip_scale *
     g_skip`` as the one add that autograd would otherwise spend summing the two uses of the

@@ -16,7 +16,13 @@ from torch import Tensor
 from lit_unitscale.unit import fp8
 from lit_unitscale.unit.constraints import Constraint
 from lit_unitscale.unit.functional import fold_causal, residual_taus  # noqa: F401
-from lit_unitscale.unit.kernels import MatmulFormat, ScaledEmbedding, fp8_linear, scaled_linear
+from lit_unitscale.unit.kernels import (
+    FP8,
+    MatmulFormat,
+    ScaledEmbedding,
+    addmm_gemm,
+    scaled_linear,
+)
 from lit_unitscale.unit.scale import scale, scale_bwd, scale_fwd  # noqa: F401
 
 
@@ -78,16 +84,8 @@ def linear(
     """Plain linear (FP8-simulated when enabled, real FP8 with ``matmul="fp8"``, the same
     no-scale cast as u-μP's); multipliers, if any, ride in its GEMMs."""
     simulate = fp8.simulating(matmul)
-    if matmul == "fp8" and not simulate:
-        return fp8_linear(
-            input,
-            weight,
-            bias,
-            input_mult=input_mult,
-            output_mult=output_mult,
-            grad_input_mult=grad_input_mult,
-        )
-    if (input_mult, output_mult, grad_input_mult) != (1.0, 1.0, 1.0) and not simulate:
+    real_fp8 = matmul == "fp8" and not simulate
+    if real_fp8 or ((input_mult, output_mult, grad_input_mult) != (1.0, 1.0, 1.0) and not simulate):
         return scaled_linear(
             input,
             weight,
@@ -96,6 +94,7 @@ def linear(
             grad_input_scale=input_mult * grad_input_mult,
             grad_weight_scale=input_mult,
             bias_scale=output_mult,
+            gemm=FP8 if real_fp8 else addmm_gemm,
         )
     input = scale_bwd(scale(input, fwd=input_mult, bwd=input_mult), grad_input_mult)
     input, weight = fp8.matmul_inputs(input, weight, simulate=simulate)
